@@ -1,0 +1,135 @@
+"""The clip shard format (version 1) and its writer. This docstring is the format's one description.
+
+A curated dataset is a folder::
+
+    DIR/shards/shard-000000.tar, shard-000001.tar, ...   WebDataset tar shards
+    DIR/manifest.jsonl                                   one row per input (see pipeline.manifest)
+    DIR/stats.json                                       totals
+
+Each clip is one WebDataset sample: tar members that share the key ``KEY`` (no dots in it)::
+
+    KEY.mp4           H.264 mp4, exactly the clip's frames (see pipeline.video)
+    KEY.json          metadata: format_version, key, source, start_time, end_time (seconds in
+                      the source), fps, width, height, num_frames, scores {name: float},
+                      caption (when known)
+    KEY.actions.npy   per-frame actions, first axis = num_frames (only when the source has them)
+    KEY.rewards.npy   per-frame rewards, float32 [num_frames] (likewise)
+
+Tars are deterministic: members in a fixed order, mtime 0, uid/gid 0, mode 0644, so the same
+clips give byte-identical shards. A shard is written to a temporary name and renamed when
+complete, so a ``shard-*.tar`` that exists is whole.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vidworld.files import atomic_open
+
+FORMAT_VERSION = 1
+SHARD_PATTERN = "shard-{index:06d}.tar"
+# Members of a sample are written in this order; others follow sorted by name.
+MEMBER_ORDER = ("json", "mp4", "actions.npy", "rewards.npy")
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``np.save`` into bytes (the ``.npy`` members)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_member(ext: str, value: Any) -> bytes:
+    """Serialize one member by its extension: dict -> JSON, array -> .npy, bytes as they are."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if ext.endswith("json"):
+        return json.dumps(value, sort_keys=True).encode()
+    if ext.endswith("npy"):
+        return npy_bytes(np.asarray(value))
+    raise TypeError(f"member {ext!r}: cannot serialize {type(value).__name__}; pass bytes, a dict or an array")
+
+
+def _member_sort_key(ext: str) -> tuple[int, str]:
+    return (MEMBER_ORDER.index(ext) if ext in MEMBER_ORDER else len(MEMBER_ORDER), ext)
+
+
+def add_sample(tar: tarfile.TarFile, key: str, members: Mapping[str, Any]) -> None:
+    """Append one sample's members to an open tar, deterministically."""
+    if "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} must not contain '.' or '/' (WebDataset splits keys at the first dot)")
+    for ext in sorted(members, key=_member_sort_key):
+        data = encode_member(ext, members[ext])
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        tar.addfile(info, io.BytesIO(data))
+
+
+class ShardWriter:
+    """Write samples into ``out_dir/shard-NNNNNN.tar`` files of ``samples_per_shard`` samples each.
+
+    Numbering starts at ``start_index``. Each shard is written under a temporary name and renamed
+    when full or on ``close()``; ``written`` lists the finished shard paths. Use as a context
+    manager; on an exception the partial shard is discarded, never renamed.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, samples_per_shard: int, start_index: int = 0) -> None:
+        if samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.samples_per_shard = samples_per_shard
+        self.index = start_index
+        self.written: list[Path] = []
+        self._ctx = None
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+
+    def _open(self) -> None:
+        self._ctx = atomic_open(self.out_dir / SHARD_PATTERN.format(index=self.index), "wb")
+        self._tar = tarfile.open(fileobj=self._ctx.__enter__(), mode="w", format=tarfile.USTAR_FORMAT)
+        self._count = 0
+
+    def _finish(self, exc: BaseException | None = None) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        path = self.out_dir / SHARD_PATTERN.format(index=self.index)
+        ctx, self._ctx, self._tar = self._ctx, None, None
+        if exc is None:
+            ctx.__exit__(None, None, None)
+            self.written.append(path)
+            self.index += 1
+        else:
+            ctx.__exit__(type(exc), exc, exc.__traceback__)
+
+    def write(self, key: str, members: Mapping[str, Any]) -> None:
+        if self._tar is None:
+            self._open()
+        add_sample(self._tar, key, members)
+        self._count += 1
+        if self._count >= self.samples_per_shard:
+            self._finish()
+
+    def close(self) -> list[Path]:
+        self._finish()
+        return self.written
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self._finish(exc)

@@ -1,0 +1,65 @@
+"""The seam between a model and the shared training runtime.
+
+A model package (``tokenizer``, ``dynamics``) provides a ``Task``; the runtime
+(``vidworld.train``) owns everything else: processes, DeepSpeed, precision, LR schedule,
+checkpoints, preemption, metrics and logging. A task never touches ``torch.distributed``,
+DeepSpeed, files of the run folder or W&B.
+
+A training YAML names its task (``task: tokenizer``, ``task: dynamics``, or any
+``module:Class``) and gives the task's own settings under ``model:`` (validated against
+``Task.config_class``) and its data under ``data:``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+# Short names for the tasks that ship with vidworld; any "module:Class" works too.
+TASKS: dict[str, str] = {
+    "tokenizer": "tokenizer.task:TokenizerTask",
+    "dynamics": "dynamics.task:DynamicsTask",
+}
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What a model brings to the runtime.
+
+    ``config_class`` is the dataclass of the ``model:`` section. The runtime constructs the
+    task as ``TaskClass(model_cfg, train_cfg)`` (``train_cfg`` is the whole resolved training
+    config: data paths, seed, micro-batch size...).
+    """
+
+    config_class: ClassVar[type]
+
+    def build_model(self) -> nn.Module:
+        """The model, a plain ``nn.Module`` (the runtime places, wraps and initialises it)."""
+        ...
+
+    def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
+        """An endless iterator of micro-batches for this rank, resumable from a saved ``state``."""
+        ...
+
+    def loader_state(self) -> dict:
+        """What ``batches`` needs to continue where it stopped (saved with each checkpoint)."""
+        ...
+
+    def loss(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """Scalar tensors; ``"loss"`` is optimised, every entry is logged."""
+        ...
+
+    def flops_per_sample(self) -> float:
+        """Model FLOPs (forward + backward) for one sample, for MFU."""
+        ...
+
+    def tokens_per_sample(self) -> int:
+        """Tokens (or latent positions) in one sample, for tokens/s."""
+        ...
+
+    def eval_media(self, model: nn.Module, batch: Any) -> dict[str, Any]:
+        """Metrics and media for W&B at eval steps (videos as uint8 ``[T, H, W, 3]`` arrays)."""
+        ...
