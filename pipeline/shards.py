@@ -11,7 +11,9 @@ Each clip is one WebDataset sample: tar members that share the key ``KEY`` (no d
     KEY.mp4           H.264 mp4, exactly the clip's frames (see pipeline.video)
     KEY.json          metadata: format_version, key, source, start_time, end_time (seconds in
                       the source), fps, width, height, num_frames, scores {name: float},
-                      caption (when known)
+                      caption (when known); pipeline.curate adds source_id, clip_index,
+                      scene, split ("train" or "heldout", the same for every clip of a
+                      source) and source_frames (the source frame index of each frame)
     KEY.actions.npy   per-frame actions, first axis = num_frames (only when the source has them)
     KEY.rewards.npy   per-frame rewards, float32 [num_frames] (likewise)
 
@@ -55,7 +57,9 @@ def encode_member(ext: str, value: Any) -> bytes:
         return json.dumps(value, sort_keys=True).encode()
     if ext.endswith("npy"):
         return npy_bytes(np.asarray(value))
-    raise TypeError(f"member {ext!r}: cannot serialize {type(value).__name__}; pass bytes, a dict or an array")
+    raise TypeError(
+        f"member {ext!r}: cannot serialize {type(value).__name__}; pass bytes, a dict or an array"
+    )
 
 
 def _member_sort_key(ext: str) -> tuple[int, str]:
@@ -65,7 +69,9 @@ def _member_sort_key(ext: str) -> tuple[int, str]:
 def add_sample(tar: tarfile.TarFile, key: str, members: Mapping[str, Any]) -> None:
     """Append one sample's members to an open tar, deterministically."""
     if "." in key or "/" in key:
-        raise ValueError(f"sample key {key!r} must not contain '.' or '/' (WebDataset splits keys at the first dot)")
+        raise ValueError(
+            f"sample key {key!r} must not contain '.' or '/' (WebDataset splits keys at the first dot)"
+        )
     for ext in sorted(members, key=_member_sort_key):
         data = encode_member(ext, members[ext])
         info = tarfile.TarInfo(f"{key}.{ext}")

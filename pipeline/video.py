@@ -31,12 +31,16 @@ def encode_mp4(
     is a keyframe and the whole clip is one GOP: clips are short and always read from the start.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"encode_mp4 needs uint8 frames of shape [T, H, W, 3]; got {frames.dtype} {frames.shape}")
+        raise ValueError(
+            f"encode_mp4 needs uint8 frames of shape [T, H, W, 3]; got {frames.dtype} {frames.shape}"
+        )
     t, h, w, _ = frames.shape
     if t == 0:
         raise ValueError("encode_mp4 got no frames")
     if h % 2 or w % 2:
-        raise ValueError(f"H.264 yuv420p needs even frame sizes; got {w}x{h}. Resize or crop to even sizes first.")
+        raise ValueError(
+            f"H.264 yuv420p needs even frame sizes; got {w}x{h}. Resize or crop to even sizes first."
+        )
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=_as_fraction(fps))

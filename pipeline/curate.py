@@ -1,0 +1,501 @@
+"""The curation job: raw videos -> WebDataset clip shards, a manifest and stats (Ray Data).
+
+``vidworld curate jobs/curate.yaml input=PATH output=DIR [key=value ...]``
+
+1. ``pipeline.inputs`` lists the inputs; each gets a stable ``source_id`` (a hash of its source).
+2. Ray Data maps over the inputs not yet staged, one task per input. A task probes, decodes,
+   splits, filters, transforms and encodes that input's clips (``curate_input``) and writes them,
+   with the input's manifest row, to ``DIR/staging/CONFIG_HASH/SOURCE_ID.tar`` in one atomic
+   write. An input whose staging file exists is done: a rerun skips it, and a run killed midway
+   loses only the inputs in flight.
+3. The driver packs every staged clip into ``DIR/shards/shard-NNNNNN.tar`` in a fixed order
+   (source id, clip index) with ``ShardWriter``, adding each clip's ``split``, then writes
+   ``DIR/manifest.jsonl`` and ``DIR/stats.json``. Same inputs and config -> byte-identical shards,
+   whether the job ran once or was killed and rerun.
+
+On a multi-node Ray cluster (``RAY_ADDRESS``), ``DIR`` and the inputs must be on storage every node
+sees (a shared file system): tasks write their staging files there. The shard format is described
+in ``pipeline.shards``; the manifest in ``pipeline.manifest``.
+Clip JSON adds to that format: ``source_id``, ``clip_index``, ``scene``, ``split``
+(``train``/``heldout``, by source), ``source_frames`` (the source frame index of each clip frame).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tarfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import MISSING
+
+from pipeline.clips import (
+    RESIZE_MODES,
+    ClipPlan,
+    ClipSplitter,
+    FilterConfig,
+    center_crop,
+    clip_scores,
+    decode_size,
+    filter_reason,
+    resample_actions,
+    resample_rewards,
+    rotate,
+)
+from pipeline.inputs import InputItem, list_inputs, load_array, read_bytes
+from pipeline.manifest import make_row, summarize, write_manifest, write_stats
+from pipeline.probe import BadInput, FrameReader, probe
+from pipeline.scenes import CutConfig, CutDetector
+from pipeline.shards import FORMAT_VERSION, SHARD_PATTERN, ShardWriter, add_sample
+from pipeline.video import encode_mp4
+from vidworld.config import ConfigError, load_config
+from vidworld.files import atomic_open
+from vidworld.progress import Progress
+
+ROW_KEY = "row"  # the staging tar member (ROW_KEY.json) that holds the input's manifest row
+
+
+@dataclass
+class CurateConfig:
+    """Curation settings; defaults are the small CPU case (17-frame 64x64 clips at 15 fps)."""
+
+    input: str = MISSING  # folder, glob, fsspec URL, or list file (.txt/.csv/.parquet)
+    output: str = MISSING  # DIR: shards/, manifest.jsonl, stats.json, staging/
+    clip_frames: int = 17  # 1 + 4k: what a causal tokenizer with temporal compression 4 wants
+    fps: float = 15.0  # clips are resampled to this frame rate
+    size: int = 64  # output clips are size x size (even)
+    resize: str = "center_crop"  # center_crop: shorter side -> size, then centre crop; squash: whole frame
+    crf: int = 23  # x264 constant rate factor of the clips
+    preset: str = "veryfast"  # x264 preset
+    samples_per_shard: int = 64
+    heldout_fraction: float = 0.2  # of sources (never clips); at least one source when there are >= 2
+    seed: int = 0  # changes which sources are held out
+    max_inputs: int = 0  # stage at most this many new inputs, then stop before packing (0: all)
+    num_cpus: int | None = None  # CPUs of a local Ray cluster (ignored with RAY_ADDRESS)
+    progress_interval: float = 5.0  # seconds between progress lines
+    cuts: CutConfig = field(default_factory=CutConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the key of a value that cannot work."""
+        checks = [
+            ("clip_frames", self.clip_frames >= 1, "must be >= 1"),
+            ("fps", self.fps > 0, "must be > 0"),
+            ("size", self.size >= 2 and self.size % 2 == 0, "must be even and >= 2 (H.264 yuv420p)"),
+            ("resize", self.resize in RESIZE_MODES, f"must be one of {RESIZE_MODES}"),
+            ("crf", 0 <= self.crf <= 51, "must be in 0..51"),
+            ("samples_per_shard", self.samples_per_shard >= 1, "must be >= 1"),
+            ("heldout_fraction", 0.0 <= self.heldout_fraction <= 1.0, "must be in 0..1"),
+            ("max_inputs", self.max_inputs >= 0, "must be >= 0"),
+        ]
+        for key, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"config key '{key}' = {getattr(self, key)!r} {what}")
+
+    def fingerprint(self) -> str:
+        """A hash of every setting that changes a clip's bytes; staged clips are reused only if it matches."""
+        keys = ("clip_frames", "fps", "size", "resize", "crf", "preset", "cuts", "filters")
+        d = asdict(self)
+        blob = json.dumps({k: d[k] for k in keys}, sort_keys=True)
+        return hashlib.sha1(f"v{FORMAT_VERSION}:{blob}".encode()).hexdigest()[:12]
+
+
+# --- one input -> clips ---------------------------------------------------------------------------
+
+
+def clip_meta(
+    item: InputItem, key: str, index: int, plan: ClipPlan, scores: dict[str, float], cfg: CurateConfig
+) -> dict[str, Any]:
+    """A clip's JSON (``split`` is added at packing); fields as in ``pipeline.shards``."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "key": key,
+        "source": item.source,
+        "source_id": item.source_id,
+        "clip_index": index,
+        "scene": plan.scene,
+        "start_time": round(plan.start_time, 6),
+        "end_time": round(plan.end_time, 6),
+        "fps": cfg.fps,
+        "width": cfg.size,
+        "height": cfg.size,
+        "num_frames": len(plan.indices),
+        "source_frames": [int(i) for i in plan.indices],
+        "scores": scores,
+    }
+    if item.caption:
+        meta["caption"] = item.caption
+    return meta
+
+
+def _load_sidecars(item: InputItem, num_frames: int, notes: list[str]) -> tuple[Any, Any]:
+    """The input's actions and rewards arrays (or None), checked for one entry per decoded frame;
+    a sidecar that does not fit is left out and ``notes`` says why."""
+    arrays: dict[str, Any] = {"actions": None, "rewards": None}
+    for name, url in (("actions", item.actions), ("rewards", item.rewards)):
+        if url is None:
+            continue
+        try:
+            arr = load_array(url)
+        except (OSError, ValueError) as e:
+            notes.append(f"{name} file {url} unreadable ({e}); clips have no {name}")
+            continue
+        if len(arr) != num_frames:
+            notes.append(
+                f"{name} has {len(arr)} entries but the video decoded to {num_frames} frames; "
+                f"clips have no {name} (write one entry per frame)"
+            )
+            continue
+        arrays[name] = arr
+    return arrays["actions"], arrays["rewards"]
+
+
+def curate_input(
+    item: InputItem, cfg: CurateConfig
+) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """Everything the job does to one input: returns its manifest row and its clips as
+    ``(key, members)`` with members ``mp4`` (bytes), ``json`` (dict), ``actions.npy`` and
+    ``rewards.npy`` (arrays, when the input has them). Never raises for bad input: the row says."""
+    timing: Counter = Counter()
+    t0 = time.perf_counter()
+    info = None
+    try:
+        src: Any = item.source if "://" not in item.source else read_bytes(item.source)
+        info = probe(src)
+        dw, dh = info.display_size
+        if min(dw, dh) < cfg.filters.min_size:
+            raise BadInput(
+                "skipped",
+                f"{dw}x{dh} is smaller than filters.min_size={cfg.filters.min_size} on its shorter "
+                "side; lower filters.min_size to keep it",
+            )
+        if info.duration and info.duration < cfg.filters.min_duration:
+            raise BadInput(
+                "skipped",
+                f"{info.duration:.2f} s is shorter than filters.min_duration={cfg.filters.min_duration} s",
+            )
+        tw, th = decode_size(dw, dh, info.rotation, cfg.size, cfg.resize)
+        sw, sh = (th, tw) if info.rotation in (90, 270) else (tw, th)
+        timing["probe"] += time.perf_counter() - t0
+        # Stream: decode a frame, look for a cut, hand it to the splitter; score, filter and encode
+        # each clip as soon as it is complete. Memory holds one clip, not the video.
+        reader = FrameReader(src, sw, sh)
+        detector = CutDetector(cfg.cuts)
+        splitter = ClipSplitter(cfg.fps, cfg.clip_frames, 1.0 / info.fps if info.fps else 1.0 / cfg.fps)
+        kept: list[tuple[ClipPlan, str, dict[str, Any]]] = []
+        filtered: Counter = Counter()
+        planned = 0
+        last_time = 0.0
+
+        def take(done: list[tuple[ClipPlan, np.ndarray]]) -> None:
+            nonlocal planned
+            for plan, clip in done:
+                index, planned = planned, planned + 1
+                t = time.perf_counter()
+                if cfg.resize == "center_crop":
+                    clip = center_crop(clip, cfg.size)
+                scores = clip_scores(clip)
+                reason = filter_reason(scores, cfg.filters)
+                timing["filter"] += time.perf_counter() - t
+                if reason:
+                    filtered[reason] += 1
+                    continue
+                t = time.perf_counter()
+                key = f"{item.source_id}_{index:05d}"
+                meta = clip_meta(item, key, index, plan, scores, cfg)
+                mp4 = encode_mp4(clip, cfg.fps, crf=cfg.crf, preset=cfg.preset)
+                kept.append((plan, key, {"mp4": mp4, "json": meta}))
+                timing["encode"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        for index, (frame, last_time) in enumerate(reader):
+            s = time.perf_counter()
+            frame = rotate(frame[None], info.rotation)[0]
+            done = splitter.push(index, last_time, frame, detector.push(frame))
+            timing["split"] += time.perf_counter() - s
+            take(done)
+        take(splitter.finish())
+        timing["decode"] += time.perf_counter() - t - timing["split"] - timing["filter"] - timing["encode"]
+        notes = [reader.note] if reader.note else []
+        if splitter.too_short:
+            filtered["scene_too_short"] += splitter.too_short
+        if not planned:
+            clip_s = cfg.clip_frames / cfg.fps
+            raise BadInput(
+                "skipped",
+                f"no scene is long enough for one clip of {cfg.clip_frames} frames at "
+                f"{cfg.fps:g} fps ({clip_s:.2f} s); video lasts {last_time:.2f} s",
+            )
+        actions, rewards = _load_sidecars(item, reader.count, notes)
+        clips: list[tuple[str, dict[str, Any]]] = []
+        for plan, key, members in kept:
+            if actions is not None:
+                members["actions.npy"] = resample_actions(actions, plan)
+            if rewards is not None:
+                members["rewards.npy"] = resample_rewards(rewards, plan)
+            clips.append((key, members))
+        if clips:
+            row = make_row(
+                item.source, item.source_id, "ok", "; ".join(notes), len(clips), filtered, info.as_dict()
+            )
+        else:
+            why = ", ".join(f"{k}={v}" for k, v in sorted(filtered.items()))
+            reason = "; ".join([f"every clip was filtered ({why})", *notes])
+            row = make_row(item.source, item.source_id, "skipped", reason, 0, filtered, info.as_dict())
+    except BadInput as e:
+        row = make_row(
+            item.source, item.source_id, e.status, e.reason, probe=info.as_dict() if info else None
+        )
+        clips = []
+    except FileNotFoundError as e:
+        row = make_row(item.source, item.source_id, "failed", f"file not found ({e})")
+        clips = []
+    except Exception as e:  # a bug or an input we did not foresee must not stop the job, nor pass silently
+        row = make_row(
+            item.source,
+            item.source_id,
+            "failed",
+            f"unexpected error: {type(e).__name__}: {e}",
+            probe=info.as_dict() if info else None,
+        )
+        clips = []
+    row["timing"] = {k: round(v, 4) for k, v in timing.items()}
+    return row, clips
+
+
+# --- staging ------------------------------------------------------------------------------------
+
+
+def staging_path(staging_dir: Path, item: InputItem) -> Path:
+    return staging_dir / f"{item.source_id}.tar"
+
+
+def stage_input(item: InputItem, cfg: CurateConfig, staging_dir: Path) -> dict[str, Any]:
+    """Curate one input and write its clips and row to its staging tar in one atomic write."""
+    row, clips = curate_input(item, cfg)
+    with (
+        atomic_open(staging_path(staging_dir, item), "wb") as f,
+        tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+    ):
+        for key, members in clips:
+            add_sample(tar, key, members)
+        add_sample(tar, ROW_KEY, {"json": row})
+    return row
+
+
+def read_staged(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, bytes]]]]:
+    """The row and clips (members as raw bytes, in their stored order) of a staging tar."""
+    samples = dict(iter_shard(path))
+    row = json.loads(samples.pop(ROW_KEY)["json"])
+    return row, list(samples.items())
+
+
+def _clean_temporaries(folder: Path) -> None:
+    """Remove temporary files a killed run left (atomic writes that never finished)."""
+    for p in folder.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def _stage_with_ray(items: list[InputItem], cfg: CurateConfig, staging_dir: Path) -> int:
+    """Map ``stage_input`` over ``items`` with Ray Data, one task per input. Returns clips written."""
+    import ray
+
+    from vidworld.cluster import init_ray
+
+    init_ray(cfg.num_cpus)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # vidworld.progress reports instead
+    ctx.max_errored_blocks = -1  # a worker dying on one input must not stop the job; pack() reports it
+
+    def stage(record: dict[str, Any]) -> dict[str, Any]:
+        item = InputItem(record["source"], record["caption"], record["actions"], record["rewards"])
+        row = stage_input(item, cfg, staging_dir)
+        return {"source": row["source"], "status": row["status"], "clips": row["clips"]}
+
+    records = [asdict(i) for i in items]
+    with warnings.catch_warnings():
+        # Ray Data retries a task whose worker died forever by default; an input that crashes its worker
+        # every time (a decoder bug) would hang the job. Ray 2.60 names no replacement for this
+        # deprecated pass-through argument yet, so keep it and silence the notice.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ray.data.from_items(records, override_num_blocks=len(records)).map(
+            stage, num_cpus=1, max_retries=2
+        )
+    progress = Progress("curate", len(items), unit="inputs", interval=cfg.progress_interval)
+    clips = 0
+    for out in ds.iter_rows():
+        clips += out["clips"]
+        progress.update(1, clips=out["clips"], **{out["status"]: 1})
+    progress.close()
+    return clips
+
+
+# --- packing ------------------------------------------------------------------------------------
+
+
+def _unit_hash(text: str) -> float:
+    return int(hashlib.sha1(text.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def assign_splits(sources: list[str], heldout_fraction: float, seed: int = 0) -> dict[str, str]:
+    """``{source: "train" | "heldout"}``: a source is held out when a hash of it (and ``seed``) falls
+    below ``heldout_fraction``; with two or more sources and a fraction above 0, at least one is."""
+    u = {s: _unit_hash(f"{seed}:{s}") for s in sources}
+    split = {s: "heldout" if u[s] < heldout_fraction else "train" for s in sources}
+    if heldout_fraction > 0 and len(sources) >= 2 and "heldout" not in split.values():
+        split[min(sources, key=lambda s: (u[s], s))] = "heldout"
+    return split
+
+
+def pack(
+    items: list[InputItem], staging_dir: Path, out: Path, cfg: CurateConfig
+) -> tuple[list[dict], list[Path]]:
+    """Write every staged clip into ``out/shards`` in (source id, clip index) order; return the manifest
+    rows (with splits) and the shard paths. Inputs with no staging file get a ``failed`` row."""
+    rows: list[dict[str, Any]] = []
+    staged = {}
+    for item in items:
+        path = staging_path(staging_dir, item)
+        if path.is_file():
+            staged[item.source_id] = read_staged(path)
+        else:
+            rows.append(
+                make_row(
+                    item.source,
+                    item.source_id,
+                    "failed",
+                    "the Ray task for this input died "
+                    "(worker crash or out of memory); rerun the same command to retry it",
+                )
+            )
+    ok_sources = [row["source"] for row, _ in staged.values() if row["status"] == "ok"]
+    splits = assign_splits(ok_sources, cfg.heldout_fraction, cfg.seed)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    _clean_temporaries(shard_dir)
+    with ShardWriter(shard_dir, cfg.samples_per_shard) as writer:
+        for source_id in sorted(staged):
+            row, clips = staged[source_id]
+            if row["status"] == "ok":
+                row["split"] = splits[row["source"]]
+            rows.append(row)
+            for key, members in clips:
+                meta = json.loads(members["json"])
+                meta["split"] = row["split"]
+                writer.write(key, {**members, "json": meta})
+    written = writer.written
+    for stale in sorted(shard_dir.glob("shard-*.tar"))[len(written) :]:  # left by an earlier, bigger run
+        stale.unlink()
+    return rows, written
+
+
+# --- the job ------------------------------------------------------------------------------------
+
+
+def run(cfg: CurateConfig) -> dict[str, Any]:
+    """Run the whole job; returns the stats (also in ``DIR/stats.json``), with ``complete`` False
+    when ``max_inputs`` stopped it before packing."""
+    cfg.validate()
+    t0 = time.monotonic()
+    out = Path(cfg.output)
+    items = sorted(list_inputs(cfg.input), key=lambda i: i.source_id)
+    staging_dir = out / "staging" / cfg.fingerprint()
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    _clean_temporaries(staging_dir)
+    pending = [i for i in items if not staging_path(staging_dir, i).is_file()]
+    print(
+        f"curate: {len(items)} inputs, {len(items) - len(pending)} already staged, {len(pending)} to do",
+        file=sys.stderr,
+        flush=True,
+    )
+    limited = bool(cfg.max_inputs) and len(pending) > cfg.max_inputs
+    if cfg.max_inputs:
+        pending = pending[: cfg.max_inputs]
+    if pending:
+        _stage_with_ray(pending, cfg, staging_dir)
+    if limited:
+        print(
+            f"curate: stopped after max_inputs={cfg.max_inputs} new inputs; rerun to finish",
+            file=sys.stderr,
+        )
+        return {"complete": False, "staged": len(pending)}
+    key = _pack_key(items, staging_dir, cfg)
+    stats = _packed_stats(out, key)
+    if stats is not None:
+        print("curate: nothing new since the last run; its shards, manifest and stats stand", file=sys.stderr)
+    else:
+        rows, shards = pack(items, staging_dir, out, cfg)
+        timing: Counter = Counter()
+        for row in rows:
+            timing.update(row.pop("timing", {}))
+        write_manifest(rows, out / "manifest.jsonl")
+        stats = summarize(rows, cfg.clip_frames / cfg.fps, len(shards))
+        stats["worker_seconds"] = {k: round(v, 3) for k, v in sorted(timing.items())}
+        stats["complete"] = True
+        stats["pack_key"] = key
+        write_stats(stats, out / "stats.json")
+    print(
+        f"curate: {stats['clips']} clips in {stats['shards']} shards from {stats['inputs']} inputs "
+        f"({stats['inputs_by_status']}) in {time.monotonic() - t0:.1f} s\n"
+        f"  shards:   {out / 'shards' / SHARD_PATTERN.format(index=0).replace('000000', '*')}\n"
+        f"  manifest: {out / 'manifest.jsonl'}\n  stats:    {out / 'stats.json'}",
+        flush=True,
+    )
+    return stats
+
+
+def _pack_key(items: list[InputItem], staging_dir: Path, cfg: CurateConfig) -> str:
+    """What the shards are a function of: the clip settings, the packing settings and the staged inputs
+    (a staging file never changes once written, so its name and size stand for its content)."""
+    h = hashlib.sha1(
+        json.dumps([cfg.fingerprint(), cfg.samples_per_shard, cfg.heldout_fraction, cfg.seed]).encode()
+    )
+    for item in items:
+        path = staging_path(staging_dir, item)
+        h.update(f"{item.source_id}:{path.stat().st_size if path.is_file() else -1}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _packed_stats(out: Path, key: str) -> dict[str, Any] | None:
+    """The last run's stats when it packed exactly this (so packing again would rewrite the same bytes)."""
+    try:
+        stats = json.loads((out / "stats.json").read_text())
+    except (OSError, ValueError):
+        return None
+    shards = [out / "shards" / SHARD_PATTERN.format(index=i) for i in range(int(stats.get("shards", -1)))]
+    if stats.get("pack_key") != key or not (out / "manifest.jsonl").is_file():
+        return None
+    return stats if all(p.is_file() for p in shards) else None
+
+
+def cli(config_path: str, overrides: list[str]) -> int:
+    """``vidworld curate jobs/curate.yaml input=PATH output=DIR [key=value ...]``.
+
+    Exit codes: 0 done, 1 no usable input listing, 2 config error, 3 stopped by ``max_inputs``."""
+    cfg = load_config(CurateConfig, config_path, overrides)
+    try:
+        stats = run(cfg)
+    except ConfigError:
+        raise
+    except ValueError as e:  # no inputs matched, bad list file: the message names the input
+        print(f"vidworld curate: {e}", file=sys.stderr)
+        return 1
+    return 0 if stats["complete"] else 3
+
+
+def iter_shard(path: str | os.PathLike) -> list[tuple[str, dict[str, bytes]]]:
+    """The samples of one shard as ``(key, {ext: bytes})``, in order (for tools and tests)."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return list(samples.items())

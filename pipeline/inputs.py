@@ -1,0 +1,155 @@
+"""List the inputs of a curation job: a folder, a glob, an fsspec URL, or a list file.
+
+``list_inputs(spec)`` accepts
+
+- a local folder: every file under it, recursively (hidden files and action/reward sidecars
+  excepted; a file that is not a video still becomes an input so the manifest can say so);
+- a glob (``videos/**/*.mp4``) or an fsspec URL or URL glob (``s3://bucket/videos/``, ``memory://x.mp4``);
+- a list file ``*.txt`` (one URL per line, ``#`` comments), ``*.csv`` or ``*.parquet`` with a
+  ``url`` column and optional ``caption``, ``actions`` and ``rewards`` columns (URLs of ``.npy``
+  files). Relative paths in a list file are relative to the list file's folder.
+
+Beside a video ``NAME.EXT``, the files ``NAME.actions.npy`` and ``NAME.rewards.npy`` are picked up
+as its per-frame actions and rewards (see ``pipeline.samples`` for the convention).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import numpy as np
+
+SIDECAR_SUFFIXES = (".actions.npy", ".rewards.npy")
+LIST_SUFFIXES = (".txt", ".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input of the job. ``source`` is a local path or an fsspec URL; the others are optional."""
+
+    source: str
+    caption: str | None = None
+    actions: str | None = None
+    rewards: str | None = None
+
+    @property
+    def source_id(self) -> str:
+        """A stable 16-hex-digit id of the source: its staging name and the prefix of its clip keys."""
+        return hashlib.sha1(self.source.encode()).hexdigest()[:16]
+
+
+def _is_url(spec: str) -> bool:
+    return "://" in spec and not spec.startswith("file://")
+
+
+def _sidecars(source: str) -> tuple[str | None, str | None]:
+    base = source.rsplit(".", 1)[0] if "." in os.path.basename(source) else source
+    found = []
+    for suffix in SIDECAR_SUFFIXES:
+        candidate = base + suffix
+        try:
+            exists = (
+                fsspec.core.url_to_fs(candidate)[0].exists(candidate)
+                if _is_url(candidate)
+                else Path(candidate).is_file()
+            )
+        except (OSError, ValueError):
+            exists = False
+        found.append(candidate if exists else None)
+    return found[0], found[1]
+
+
+def _keep(path: str) -> bool:
+    name = os.path.basename(path)
+    return not name.startswith(".") and not name.endswith(SIDECAR_SUFFIXES)
+
+
+def _with_sidecars(sources: list[str]) -> list[InputItem]:
+    return [InputItem(s, None, *_sidecars(s)) for s in sorted(set(sources)) if _keep(s)]
+
+
+def _resolve(ref: str, base: str) -> str:
+    if _is_url(ref) or os.path.isabs(ref):
+        return ref
+    return os.path.normpath(os.path.join(base, ref))
+
+
+def _read_list(path: str) -> list[InputItem]:
+    import pandas as pd
+
+    base = os.path.dirname(path) if not _is_url(path) else path.rsplit("/", 1)[0]
+    with fsspec.open(path, "rb") as f:
+        data = f.read()
+    if path.endswith(".txt"):
+        lines = [ln.strip() for ln in data.decode().splitlines()]
+        return _with_sidecars([_resolve(ln, base) for ln in lines if ln and not ln.startswith("#")])
+    frame = pd.read_csv(io.BytesIO(data)) if path.endswith(".csv") else pd.read_parquet(io.BytesIO(data))
+    if "url" not in frame.columns:
+        raise ValueError(f"list file {path} has no 'url' column (columns: {list(frame.columns)}); add one")
+    items = []
+    for row in frame.to_dict("records"):
+
+        def opt(col: str, row: dict = row) -> str | None:
+            value = row.get(col)
+            return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+        source = _resolve(str(row["url"]), base)
+        side_a, side_r = _sidecars(source)
+        actions, rewards = opt("actions"), opt("rewards")
+        items.append(
+            InputItem(
+                source,
+                opt("caption"),
+                _resolve(actions, base) if actions else side_a,
+                _resolve(rewards, base) if rewards else side_r,
+            )
+        )
+    return sorted(items, key=lambda i: i.source)
+
+
+def list_inputs(spec: str) -> list[InputItem]:
+    """All inputs named by ``spec`` (see the module docstring), sorted by source. Raises ``ValueError``
+    naming ``spec`` when it matches nothing."""
+    if spec.startswith("file://"):
+        spec = spec[len("file://") :]
+    if spec.endswith(LIST_SUFFIXES) and (_is_url(spec) or Path(spec).is_file()):
+        items = _read_list(spec)
+    elif _is_url(spec):
+        fs, root = fsspec.core.url_to_fs(spec)
+        if globlib.has_magic(spec):
+            paths = fs.glob(root)
+        elif fs.isdir(root):
+            paths = [p for p in fs.find(root) if not fs.isdir(p)]
+        else:
+            paths = [root]
+        items = _with_sidecars([fs.unstrip_protocol(p) for p in paths])
+    elif globlib.has_magic(spec):
+        items = _with_sidecars([p for p in globlib.glob(spec, recursive=True) if os.path.isfile(p)])
+    elif Path(spec).is_dir():
+        items = _with_sidecars([str(p) for p in Path(spec).rglob("*") if p.is_file()])
+    elif Path(spec).is_file():
+        items = _with_sidecars([spec])
+    else:
+        raise ValueError(
+            f"input {spec!r} is not a folder, file, glob, URL or list file that exists; check the path"
+        )
+    if not items:
+        raise ValueError(f"input {spec!r} matched no files; check the path or pattern")
+    return items
+
+
+def read_bytes(url: str) -> bytes:
+    """The bytes of a local path or fsspec URL."""
+    with fsspec.open(url, "rb") as f:
+        return f.read()
+
+
+def load_array(url: str) -> np.ndarray:
+    """A ``.npy`` file (local or fsspec URL) as an array, never unpickling."""
+    return np.load(io.BytesIO(read_bytes(url)), allow_pickle=False)

@@ -1,0 +1,92 @@
+"""The curation manifest and stats: every input accounted for.
+
+``DIR/manifest.jsonl`` has one JSON row per input, sorted by ``source``::
+
+    {"source": str, "source_id": str, "status": "ok" | "skipped" | "failed", "reason": str,
+     "clips": int, "split": "train" | "heldout", "filtered": {reason: clips dropped},
+     "probe": {container, codec, width, height, fps, duration, rotation, num_frames} | null}
+
+``reason`` is empty for an ``ok`` row without remarks. ``DIR/stats.json`` holds the totals:
+inputs by status, clips, clips dropped per filter reason, seconds of source and of clips,
+source resolutions, and clips and sources per split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from vidworld.files import atomic_write_text
+
+STATUSES = ("ok", "skipped", "failed")
+
+
+def make_row(
+    source: str,
+    source_id: str,
+    status: str,
+    reason: str = "",
+    clips: int = 0,
+    filtered: dict[str, int] | None = None,
+    probe: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One manifest row (``split`` is added when the job packs its shards)."""
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {STATUSES}")
+    return {
+        "source": source,
+        "source_id": source_id,
+        "status": status,
+        "reason": reason,
+        "clips": clips,
+        "filtered": dict(sorted((filtered or {}).items())),
+        "probe": probe,
+    }
+
+
+def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Write rows as JSON lines, sorted by source, atomically."""
+    rows = sorted(rows, key=lambda r: r["source"])
+    return atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def summarize(rows: list[dict[str, Any]], clip_seconds: float, shards: int) -> dict[str, Any]:
+    """Totals of a manifest; ``clip_seconds`` is one clip's length in seconds."""
+    status = Counter(r["status"] for r in rows)
+    filtered: Counter = Counter()
+    resolutions: Counter = Counter()
+    split_clips: Counter = Counter()
+    split_sources: Counter = Counter()
+    source_seconds = 0.0
+    for r in rows:
+        filtered.update(r.get("filtered") or {})
+        if r.get("probe"):
+            resolutions[f"{r['probe']['width']}x{r['probe']['height']}"] += 1
+            source_seconds += r["probe"]["duration"]
+        if r["status"] == "ok":
+            split_clips[r["split"]] += r["clips"]
+            split_sources[r["split"]] += 1
+    clips = sum(r["clips"] for r in rows)
+    return {
+        "inputs": len(rows),
+        "inputs_by_status": {s: status.get(s, 0) for s in STATUSES},
+        "clips": clips,
+        "clips_filtered": dict(sorted(filtered.items())),
+        "shards": shards,
+        "source_seconds": round(source_seconds, 3),
+        "clip_seconds": round(clips * clip_seconds, 3),
+        "source_resolutions": dict(sorted(resolutions.items())),
+        "clips_by_split": dict(sorted(split_clips.items())),
+        "sources_by_split": dict(sorted(split_sources.items())),
+    }
+
+
+def write_stats(stats: dict[str, Any], path: str | os.PathLike) -> Path:
+    return atomic_write_text(path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
