@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("dynamics.evaluate:cli", "compounding-error curve of a dynamics model on held-out clips"),
     "run": ("vidworld.pipeline_run:cli", "run the whole chain (curate -> tokenizer -> tokenize -> dynamics -> eval)"),
     "dashboard": ("vidworld.dashboard:cli", "apply the W&B dashboard for a pipeline run"),
+    "report": ("vidworld.report:cli", "write DIR/report.html, a self-contained HTML report of a pipeline run's output"),
 }
 
 
