@@ -15,15 +15,24 @@ from vidworld.config import ConfigError
 # name -> ("module:function", help). Each function takes (config_path_or_arg, overrides) and
 # returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "samples": ("pipeline.samples:cli", "write built-in sample videos (synthetic scenes and Atari play) to a folder"),
+    "samples": (
+        "pipeline.samples:cli",
+        "write built-in sample videos (synthetic scenes and Atari play) to a folder",
+    ),
     "curate": ("pipeline.curate:cli", "raw video -> WebDataset clip shards + manifest (Ray Data)"),
     "train": ("vidworld.train:cli", "train a model (tokenizer or dynamics) with the shared runtime"),
     "tokenize": ("tokenizer.tokenize:cli", "encode clip shards into latent shards (Ray Data)"),
     "rollout": ("dynamics.rollout:cli", "imagine future frames from real context and write a video"),
     "evaluate": ("dynamics.evaluate:cli", "compounding-error curve of a dynamics model on held-out clips"),
-    "run": ("vidworld.pipeline_run:cli", "run the whole chain (curate -> tokenizer -> tokenize -> dynamics -> eval)"),
+    "run": (
+        "vidworld.pipeline_run:cli",
+        "run the whole chain (curate -> tokenizer -> tokenize -> dynamics -> eval)",
+    ),
     "dashboard": ("vidworld.dashboard:cli", "apply the W&B dashboard for a pipeline run"),
-    "report": ("vidworld.report:cli", "write DIR/report.html, a self-contained HTML report of a pipeline run's output"),
+    "report": (
+        "vidworld.report:cli",
+        "write DIR/report.html, a self-contained HTML report of a pipeline run's output",
+    ),
 }
 
 

@@ -28,7 +28,9 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
     """Turn ``["a.b=1", "c=x"]`` into a nested config. Values are parsed as YAML (``1`` is an int)."""
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
-        raise ConfigError(f"override {bad[0]!r} is not of the form key=value (for example trainer.max_steps=100)")
+        raise ConfigError(
+            f"override {bad[0]!r} is not of the form key=value (for example trainer.max_steps=100)"
+        )
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as e:  # pragma: no cover - OmegaConf's own parse errors
@@ -104,7 +106,9 @@ def load_config(
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         src = path or "the defaults"
-        raise ConfigError(f"{src}: required config key(s) {missing} have no value; set them, e.g. {missing[0]}=...")
+        raise ConfigError(
+            f"{src}: required config key(s) {missing} have no value; set them, e.g. {missing[0]}=..."
+        )
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 

@@ -5,7 +5,9 @@ from vidworld.cli import COMMANDS, main
 
 
 def test_help_lists_every_subcommand():
-    out = subprocess.run([sys.executable, "-m", "vidworld.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "vidworld.cli", "--help"], capture_output=True, text=True, check=True
+    )
     for name in COMMANDS:
         assert name in out.stdout
 
