@@ -1,0 +1,244 @@
+"""``vidworld tokenize``: encode curated clip shards into latent shards, with Ray Data.
+
+Dynamics training reads latents, never re-running the encoder. One Ray task per input shard;
+output shard ``i`` holds the clips of input shard ``i`` (so names and contents are deterministic
+and a rerun skips shards already written). Each output sample keeps the clip's key and has::
+
+    KEY.json           the clip's metadata plus {"tokenizer": {...interface...}, "latent_shape": [...]}
+    KEY.latents.npy    continuous tokenizers: float16 [T', C, h, w] (latent frames first)
+    KEY.indices.npy    FSQ tokenizers: int32 [T', h, w]
+    KEY.actions.npy    per source frame, as in the clip shard (when the clip has actions)
+    KEY.rewards.npy    likewise
+
+Latent frame 0 codes source frame 0 alone; latent frame i > 0 codes source frames
+``1 + (i-1)*t .. i*t`` (``t`` = temporal compression). The folder gets ``manifest.jsonl`` (one row
+per input shard: ``source``, ``status``, ``reason``, ``clips``, ``corrupt``) and ``stats.json``
+(totals, the tokenizer, ``complete``), like curation's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.curate import iter_shard
+from pipeline.loader import resolve_shards
+from pipeline.manifest import write_manifest
+from pipeline.shards import SHARD_PATTERN, add_sample
+from pipeline.video import decode_mp4
+from vidworld.config import load_config
+from vidworld.files import atomic_open, atomic_write_text
+from vidworld.progress import Progress
+
+
+@dataclasses.dataclass
+class TokenizeConfig:
+    input: str = "???"  # curated dataset folder (DIR with shards/) or a shard glob / brace list
+    output: str = "???"  # latent dataset folder; output/shards/shard-NNNNNN.tar
+    tokenizer: str = "???"  # an exported tokenizer folder or a tokenizer training run folder
+    batch_size: int = 8  # clips encoded together
+    chunk_frames: int | None = None  # stream long clips through the encoder this many frames at a time
+    device: str = "auto"  # auto | cpu | cuda
+    num_cpus: int | None = None  # local Ray cluster size (ignored with RAY_ADDRESS)
+    num_gpus_per_task: float = 0.0  # >0 places each encoder on a GPU
+    concurrency: int = 1  # encoder actors (each holds one tokenizer copy)
+    progress_interval: float = 5.0
+
+
+def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, T, H, W, 3]`` -> float ``[B, 3, T, H, W]`` in [-1, 1]."""
+    return frames.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+def tokenizer_info(tok: Any, path: str) -> dict[str, Any]:
+    """What a latent shard needs to say about the tokenizer that made it."""
+    return {
+        "path": str(path),
+        "temporal_compression": tok.temporal_compression,
+        "spatial_compression": tok.spatial_compression,
+        "latent_channels": tok.latent_channels,
+        "is_discrete": tok.is_discrete,
+        "codebook_size": tok.codebook_size,
+        "levels": tok.levels,
+    }
+
+
+def _fingerprint(cfg: TokenizeConfig) -> str:
+    """The tokenizer weights (by size and mtime) and the settings that change latents."""
+    from tokenizer.export import WEIGHTS, _find_export
+
+    weights = _find_export(Path(cfg.tokenizer)) / WEIGHTS
+    st = weights.stat()
+    text = json.dumps([str(weights.resolve()), st.st_size, st.st_mtime_ns, cfg.chunk_frames])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+class ShardEncoder:
+    """A Ray Data actor: loads the tokenizer once, then encodes whole shards (one row = one shard)."""
+
+    def __init__(self, cfg: TokenizeConfig) -> None:
+        from tokenizer.export import load_tokenizer
+
+        torch.set_num_threads(max(1, int(torch.get_num_threads())))
+        device = cfg.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.cfg, self.device = cfg, torch.device(device)
+        self.tok = load_tokenizer(cfg.tokenizer, device=self.device)
+        self.info = tokenizer_info(self.tok, cfg.tokenizer)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rows = [
+            self.encode_shard(src, dst) for src, dst in zip(batch["source"], batch["target"], strict=True)
+        ]
+        return {"row": [json.dumps(r) for r in rows]}
+
+    @torch.no_grad()
+    def _encode(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        video = frames_to_video(torch.from_numpy(np.stack(frames)).to(self.device))
+        if self.tok.is_discrete:
+            z = self.tok.encode_indices(video, chunk_frames=self.cfg.chunk_frames)  # [B, T', h, w]
+            return [x.to(torch.int32).cpu().numpy() for x in z]
+        z = self.tok.encode(video, chunk_frames=self.cfg.chunk_frames)  # [B, C, T', h, w]
+        return [x.permute(1, 0, 2, 3).to(torch.float16).cpu().numpy() for x in z]
+
+    def encode_shard(self, source: str, target: str) -> dict[str, Any]:
+        row = {
+            "source": source,
+            "status": "ok",
+            "reason": "",
+            "clips": 0,
+            "corrupt": 0,
+            "tokenizer": self.info,
+        }
+        try:
+            samples = iter_shard(source)
+        except (OSError, tarfile.TarError, ValueError) as e:
+            return {**row, "status": "failed", "reason": f"cannot read the shard ({type(e).__name__}: {e})"}
+        decoded: list[tuple[str, dict[str, bytes], np.ndarray]] = []
+        problems: list[str] = []
+        for key, members in samples:
+            try:
+                decoded.append((key, members, decode_mp4(members["mp4"])))
+            except Exception as e:  # any decode failure means the same: skip this clip, count it
+                problems.append(f"{key}: {type(e).__name__}: {e}")
+        # Encode clips of equal shape together.
+        latents: dict[str, np.ndarray] = {}
+        by_shape: dict[tuple, list[int]] = {}
+        for i, (_, _, frames) in enumerate(decoded):
+            by_shape.setdefault(frames.shape, []).append(i)
+        for idx in by_shape.values():
+            for start in range(0, len(idx), self.cfg.batch_size):
+                part = idx[start : start + self.cfg.batch_size]
+                try:
+                    outs = self._encode([decoded[i][2] for i in part])
+                except ValueError as e:  # wrong frame count or size for this tokenizer
+                    problems += [f"{decoded[i][0]}: {e}" for i in part]
+                    continue
+                latents.update({decoded[i][0]: z for i, z in zip(part, outs, strict=True)})
+        with (
+            atomic_open(target, "wb") as f,
+            tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+        ):
+            for key, members, _ in decoded:
+                if key not in latents:
+                    continue
+                z = latents[key]
+                meta = {**json.loads(members["json"]), "tokenizer": self.info, "latent_shape": list(z.shape)}
+                out = {"json": meta, ("indices.npy" if self.tok.is_discrete else "latents.npy"): z}
+                out.update({ext: members[ext] for ext in ("actions.npy", "rewards.npy") if ext in members})
+                add_sample(tar, key, out)
+        row["clips"], row["corrupt"] = len(latents), len(problems)
+        if problems:
+            row["reason"] = f"{len(problems)} clip(s) skipped: " + "; ".join(problems[:3])
+        return row
+
+
+def run(cfg: TokenizeConfig) -> dict[str, Any]:
+    """Tokenize every input shard not yet done; returns the stats (also in ``output/stats.json``)."""
+    import ray
+
+    from vidworld.cluster import init_ray
+
+    t0 = time.monotonic()
+    sources = resolve_shards(cfg.input)
+    out = Path(cfg.output)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(cfg)
+    stamp = out / "tokenizer.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"{out} holds latents of another tokenizer or settings ({stamp}); "
+            "choose a new output folder, or delete this one to re-tokenize"
+        )
+    atomic_write_text(stamp, json.dumps({"fingerprint": fingerprint, "tokenizer": cfg.tokenizer}))
+    rows_dir = out / "rows"
+    rows_dir.mkdir(exist_ok=True)
+    jobs = []
+    for i, src in enumerate(sources):
+        target = shard_dir / SHARD_PATTERN.format(index=i)
+        if not (target.is_file() and (rows_dir / f"{i:06d}.json").is_file()):
+            jobs.append({"index": i, "source": src, "target": str(target)})
+    print(
+        f"tokenize: {len(sources)} shards, {len(sources) - len(jobs)} already done, {len(jobs)} to do",
+        file=sys.stderr,
+    )
+    if jobs:
+        init_ray(cfg.num_cpus)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ds = ray.data.from_items(jobs, override_num_blocks=len(jobs)).map_batches(
+            ShardEncoder,
+            fn_constructor_args=(cfg,),
+            batch_size=1,
+            concurrency=cfg.concurrency,
+            num_cpus=1,
+            num_gpus=cfg.num_gpus_per_task or None,
+        )
+        progress = Progress("tokenize", len(jobs), unit="shards", interval=cfg.progress_interval)
+        index_of = {j["source"]: j["index"] for j in jobs}
+        for rec in ds.iter_rows():
+            row = json.loads(rec["row"])
+            atomic_write_text(rows_dir / f"{index_of[row['source']]:06d}.json", json.dumps(row))
+            progress.update(1, clips=row["clips"])
+        progress.close()
+    rows = [json.loads((rows_dir / f"{i:06d}.json").read_text()) for i in range(len(sources))]
+    write_manifest(rows, out / "manifest.jsonl")
+    tok_info = next((r["tokenizer"] for r in rows if r.get("tokenizer")), None)
+    stats = {
+        "complete": True,
+        "shards": len(sources),
+        "clips": sum(r["clips"] for r in rows),
+        "corrupt": sum(r["corrupt"] for r in rows),
+        "shards_by_status": {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed")},
+        "tokenizer": tok_info,
+        "fingerprint": fingerprint,
+    }
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, sort_keys=True))
+    print(
+        f"tokenize: {stats['clips']} clips in {len(sources)} shards in {time.monotonic() - t0:.1f} s\n"
+        f"  shards: {shard_dir}/shard-*.tar\n  stats:  {out / 'stats.json'}",
+        flush=True,
+    )
+    return stats
+
+
+def cli(config_path: str, overrides: list[str]) -> int:
+    """``vidworld tokenize jobs/tokenize.yaml input=CURATED output=DIR tokenizer=RUN_OR_EXPORT``."""
+    cfg = load_config(TokenizeConfig, config_path, overrides)
+    try:
+        stats = run(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"vidworld tokenize: {e}", file=sys.stderr)
+        return 1
+    return 0 if stats["shards_by_status"]["failed"] == 0 else 1
