@@ -1,4 +1,4 @@
-"""The tokenize job end to end: clip shards -> latent shards on a local Ray cluster, read back by the loader."""
+"""The tokenize job: clip shards -> latent shards on a local Ray cluster, read back by the loader."""
 
 import json
 
@@ -64,7 +64,9 @@ def test_latent_shards_load_and_decode_back_to_the_clips_reconstruction(curated,
 
     tok = load_tokenizer(export)
     field = "indices" if bottleneck == "fsq" else "latents"
-    batches = list(make_loader(LoaderConfig(shards=str(out), batch_size=5, resampled=False, shuffle_buffer=0)))
+    batches = list(
+        make_loader(LoaderConfig(shards=str(out), batch_size=5, resampled=False, shuffle_buffer=0))
+    )
     assert len(batches) == 1
     batch = batches[0]
     assert batch["key"] == [f"clip{i}" for i in range(5)]
