@@ -35,7 +35,7 @@ import os
 import random
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import braceexpand
@@ -69,6 +69,9 @@ class LoaderConfig:
     resampled: bool = True  # True: infinite training stream; False: one finite pass (evaluation)
     num_frames: int | None = None  # crop clips to this many frames from the start; shorter clips are skipped
     split: str | None = None  # keep only clips whose JSON "split" equals this ("train"/"heldout"); None = all
+    # Keep only samples that have all these members, by field name ("actions" for KEY.actions.npy):
+    # a dataset mixing videos with and without actions trains an action-conditioned model on the former.
+    require: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -340,7 +343,7 @@ class ShardStream(IterableDataset):
                 index += 1
 
     def _selected(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Parse the JSON and apply the split filter before anything heavy is decoded."""
+        """Parse the JSON and apply the split and ``require`` filters before anything heavy is decoded."""
         for raw in samples:
             try:
                 meta = json.loads(raw.get("json", b"{}"))
@@ -350,6 +353,11 @@ class ShardStream(IterableDataset):
                 continue
             split = meta.get("split") if isinstance(meta, dict) else None
             if self.cfg.split is not None and split != self.cfg.split:
+                continue
+            if self.cfg.require and not all(
+                any(_field_name(ext) == name for ext in raw if not ext.startswith("__"))
+                for name in self.cfg.require
+            ):
                 continue
             raw["__meta__"] = meta
             yield raw
@@ -408,8 +416,9 @@ class ShardStream(IterableDataset):
                 raise RuntimeError(
                     f"loader stream {stream} (rank {self.rank}, worker {worker}) got no usable clips in "
                     f"epoch {epoch} from {len(self.urls)} shard(s) (split={self.cfg.split!r}, "
-                    f"num_frames={self.cfg.num_frames}); an infinite stream would hang. Use fewer workers or "
-                    "ranks than there are clips, write more shards, or check data.split and data.num_frames"
+                    f"require={list(self.cfg.require)}, num_frames={self.cfg.num_frames}); an infinite "
+                    "stream would hang. Use fewer workers or ranks than there are clips, write more shards, "
+                    "or check data.split, data.require and data.num_frames"
                 )
             epoch += 1
 

@@ -306,3 +306,16 @@ def test_a_pattern_matching_nothing_fails_naming_the_pattern_and_the_fix(tmp_pat
         resolve_shards(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="data.shards"):
         make_loader(LoaderConfig())
+
+
+def test_require_keeps_only_samples_with_those_members(tmp_path):
+    with ShardWriter(tmp_path / "shards", samples_per_shard=10) as w:
+        for i in range(6):
+            members = {"json": {"key": f"c{i}"}, "latents.npy": np.full((2, 3), i, np.float32)}
+            if i % 2:
+                members["actions.npy"] = np.arange(2)
+            w.write(f"c{i}", members)
+    cfg = LoaderConfig(shards=str(tmp_path), batch_size=10, resampled=False, require=["actions"])
+    (batch,) = list(make_loader(cfg))
+    assert sorted(batch["key"]) == ["c1", "c3", "c5"]
+    assert batch["actions"].shape == (3, 2)
