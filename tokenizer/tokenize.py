@@ -158,6 +158,16 @@ class ShardEncoder:
                 out.update({ext: members[ext] for ext in ("actions.npy", "rewards.npy") if ext in members})
                 add_sample(tar, key, out)
         row["clips"], row["corrupt"] = len(latents), len(problems)
+        if latents:
+            first = next(iter(latents.values()))
+            row["latent_shape"] = list(first.shape)
+            if not self.tok.is_discrete:  # for the dynamics model's latent_scale
+                values = np.concatenate([z.astype(np.float64).ravel() for z in latents.values()])
+                row["latent_sum"], row["latent_sumsq"], row["latent_count"] = (
+                    float(values.sum()),
+                    float((values**2).sum()),
+                    int(values.size),
+                )
         if problems:
             row["reason"] = f"{len(problems)} clip(s) skipped: " + "; ".join(problems[:3])
         return row
@@ -215,6 +225,12 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
     rows = [json.loads((rows_dir / f"{i:06d}.json").read_text()) for i in range(len(sources))]
     write_manifest(rows, out / "manifest.jsonl")
     tok_info = next((r["tokenizer"] for r in rows if r.get("tokenizer")), None)
+    count = sum(r.get("latent_count", 0) for r in rows)
+    latent_std = None
+    if count:
+        mean = sum(r["latent_sum"] for r in rows if "latent_sum" in r) / count
+        var = sum(r["latent_sumsq"] for r in rows if "latent_sumsq" in r) / count - mean**2
+        latent_std = float(max(var, 0.0) ** 0.5)
     stats = {
         "complete": True,
         "shards": len(sources),
@@ -222,6 +238,8 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
         "corrupt": sum(r["corrupt"] for r in rows),
         "shards_by_status": {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed")},
         "tokenizer": tok_info,
+        "latent_shape": next((r["latent_shape"] for r in rows if r.get("latent_shape")), None),
+        "latent_std": latent_std,  # continuous latents: the dynamics model's latent_scale is 1 / this
         "fingerprint": fingerprint,
     }
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, sort_keys=True))

@@ -1,0 +1,89 @@
+"""The chain runner's own logic: how stage configs are composed, validated, ordered and skipped.
+
+The whole chain on real data runs in tests/test_demo.py; these are the fast unit tests."""
+
+import json
+
+import pytest
+
+from vidworld.config import ConfigError, load_config
+from vidworld.pipeline_run import PipelineConfig, StageFailed, compose, run, write_stage_config
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config(
+        PipelineConfig, None, [f"input={tmp_path / 'raw'}", f"output={tmp_path / 'out'}", *overrides]
+    )
+
+
+def test_stages_link_through_the_output_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = _cfg(tmp_path, "tokenizer.trainer.max_steps=7", "wandb.project=p")
+    out = (tmp_path / "out").absolute()
+    assert compose(cfg, "curate")["output"] == str(out / "curated")
+    tok = compose(cfg, "tokenizer")
+    assert tok["run_dir"] == str(out / "tokenizer") and tok["data"]["shards"] == str(out / "curated")
+    assert tok["trainer"]["max_steps"] == 7
+    assert tok["wandb"] == {"mode": "offline", "project": "p", "group": "out", "name": "tokenizer",
+                            "tags": ["tokenizer"], "entity": None}  # fmt: skip
+    assert tok["launcher"]["kind"] == "local"
+    z = compose(cfg, "tokenize")
+    assert (z["input"], z["output"], z["tokenizer"]) == (
+        str(out / "curated"),
+        str(out / "latents"),
+        tok["run_dir"],
+    )
+    assert compose(cfg, "dynamics")["data"]["shards"] == str(out / "latents")
+
+
+def test_training_goes_to_ray_train_under_a_ray_cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert compose(_cfg(tmp_path), "dynamics")["launcher"]["kind"] == "ray"
+    assert compose(_cfg(tmp_path, "train_launcher=local"), "dynamics")["launcher"]["kind"] == "local"
+
+
+def test_dynamics_geometry_comes_from_the_latent_shards(tmp_path):
+    cfg = _cfg(tmp_path)
+    latents = tmp_path / "out" / "latents"
+    latents.mkdir(parents=True)
+    tok = {"temporal_compression": 4, "is_discrete": False, "latent_channels": 8, "codebook_size": None}
+    stats = {"tokenizer": tok, "latent_shape": [5, 8, 8, 8], "latent_std": 0.5}
+    (latents / "stats.json").write_text(json.dumps(stats))
+    model = compose(cfg, "dynamics")["model"]
+    assert model == {"temporal_compression": 4, "head": "diffusion", "latent_channels": 8,
+                     "latent_height": 8, "latent_width": 8, "latent_scale": 2.0}  # fmt: skip
+
+
+def test_a_bad_key_in_a_stage_section_fails_naming_the_stage_and_key(tmp_path):
+    cfg = _cfg(tmp_path, "curate.clip_framez=3")
+    with pytest.raises(ConfigError, match=r"curate.*clip_framez"):
+        write_stage_config(cfg, "curate")
+
+
+def test_stage_config_is_saved_resolved(tmp_path):
+    cfg = _cfg(tmp_path, "curate.clip_frames=9")
+    path = write_stage_config(cfg, "curate")
+    assert path == tmp_path / "out" / "configs" / "curate.yaml"
+    assert (
+        "clip_frames: 9" in path.read_text() and f"output: {tmp_path / 'out' / 'curated'}" in path.read_text()
+    )
+
+
+def test_unknown_stage_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown stage"):
+        run(_cfg(tmp_path, "stages=[curate,train]"), stage_runner=lambda c, s: "done")
+
+
+def test_stages_run_in_chain_order_and_a_failure_stops_the_chain_with_its_code(tmp_path, capsys):
+    seen = []
+
+    def runner(cfg, stage):
+        seen.append(stage)
+        if stage == "tokenize":
+            raise StageFailed(stage, 75, "preempted")
+        return "done"
+
+    code = run(_cfg(tmp_path, "stages=[evaluate,tokenize,curate,tokenizer]"), stage_runner=runner)
+    assert code == 75 and seen == ["curate", "tokenizer", "tokenize"]
+    assert "rerun the same command" in capsys.readouterr().err
+    assert (tmp_path / "out" / "configs" / "pipeline.yaml").is_file()
