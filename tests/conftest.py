@@ -14,3 +14,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Real SLURM and Ray clusters for integration tests (session-scoped; each skips when unavailable).
+from tests.cluster_services import ray_cluster, slurm_cluster  # noqa: E402,F401
