@@ -72,6 +72,9 @@ class LoaderConfig:
     # Keep only samples that have all these members, by field name ("actions" for KEY.actions.npy):
     # a dataset mixing videos with and without actions trains an action-conditioned model on the former.
     require: list[str] = field(default_factory=list)
+    # Decode only these fields ("frames" for KEY.mp4, "actions", "latents", ...); the others are
+    # dropped unread. None keeps all. A tokenizer reads frames alone, whether or not clips have actions.
+    fields: list[str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -176,6 +179,11 @@ def _field_name(ext: str) -> str:
     """Batch field for a member: ``actions.npy`` -> ``actions``, ``latents.npy`` -> ``latents``."""
     name = ext[: -len(".npy")] if ext.endswith(".npy") else ext
     return re.sub(r"\W", "_", name)
+
+
+def _batch_field(ext: str) -> str:
+    """The batch field a member lands in: ``mp4`` -> ``frames``, ``actions.npy`` -> ``actions``."""
+    return "frames" if ext == "mp4" else _field_name(ext)
 
 
 def decode_sample(raw: dict[str, Any], num_frames: int | None = None) -> dict[str, Any] | None:
@@ -359,6 +367,13 @@ class ShardStream(IterableDataset):
                 for name in self.cfg.require
             ):
                 continue
+            if self.cfg.fields is not None:
+                keep = set(self.cfg.fields)
+                raw = {
+                    ext: v
+                    for ext, v in raw.items()
+                    if ext.startswith("__") or ext == "json" or _batch_field(ext) in keep
+                }
             raw["__meta__"] = meta
             yield raw
 

@@ -319,3 +319,15 @@ def test_require_keeps_only_samples_with_those_members(tmp_path):
     (batch,) = list(make_loader(cfg))
     assert sorted(batch["key"]) == ["c1", "c3", "c5"]
     assert batch["actions"].shape == (3, 2)
+
+
+def test_fields_decodes_only_the_named_fields_so_mixed_samples_batch(tmp_path):
+    with ShardWriter(tmp_path / "shards", samples_per_shard=10) as w:
+        for i in range(4):
+            members = {"json": {"key": f"c{i}"}, "latents.npy": np.full((2, 3), i, np.float32)}
+            if i % 2:
+                members["actions.npy"] = np.arange(2)
+            w.write(f"c{i}", members)
+    cfg = LoaderConfig(shards=str(tmp_path), batch_size=4, resampled=False, fields=["latents"])
+    (batch,) = list(make_loader(cfg))
+    assert batch["latents"].shape == (4, 2, 3) and batch["actions"] is None
