@@ -22,6 +22,7 @@ from torch import nn
 TASKS: dict[str, str] = {
     "tokenizer": "tokenizer.task:TokenizerTask",
     "dynamics": "dynamics.task:DynamicsTask",
+    "reference": "vidworld.reference_task:ReferenceTask",
 }
 
 
@@ -32,6 +33,14 @@ class Task(Protocol):
     ``config_class`` is the dataclass of the ``model:`` section. The runtime constructs the
     task as ``TaskClass(model_cfg, train_cfg)`` (``train_cfg`` is the whole resolved training
     config: data paths, seed, micro-batch size...).
+
+    Optional: ``blocks(model) -> list[nn.Module]``, the repeated blocks that the runtime may wrap
+    in activation checkpointing (``trainer.activation_checkpointing``). Without it the runtime
+    uses ``model.blocks`` when that is an ``nn.ModuleList``.
+
+    ``loss`` receives the wrapped model (call it like the plain module; under ZeRO-3 its
+    parameters are sharded, so read ``p.device``, never ``p.shape``). ``batches`` is called once
+    per run, with ``state`` from ``loader_state()`` of the checkpoint resumed (``None`` when fresh).
     """
 
     config_class: ClassVar[type]

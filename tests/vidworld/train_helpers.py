@@ -1,0 +1,94 @@
+"""Run the real training entry as a subprocess (one process, or several under torchrun) for tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE_YAML = REPO / "jobs" / "reference.yaml"
+VIDWORLD = str(Path(sys.executable).parent / "vidworld")
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+
+# A model small enough that a run is dominated by start-up (a few seconds) on 2 cores.
+TINY = ["model.width=32", "model.depth=2", "model.heads=2", "model.seq_len=16", "trainer.log_every=1"]
+
+
+def train_env() -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "LOCAL_RANK", "SLURM_"))
+    }
+    env.update(
+        {
+            "DS_ACCELERATOR": "cpu",
+            "OMP_NUM_THREADS": "1",  # two ranks on two cores: no oversubscription, same math per rank
+            "WANDB_SILENT": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.pop("WORLD_SIZE", None)
+    env.pop("MASTER_ADDR", None)
+    env.pop("MASTER_PORT", None)
+    return env
+
+
+def train_cmd(run_dir: Path, overrides: list[str], nproc: int = 1) -> list[str]:
+    args = ["train", str(REFERENCE_YAML), f"run_dir={run_dir}", *TINY, *overrides]
+    if nproc == 1:
+        return [VIDWORLD, *args]
+    # --standalone: a rendezvous on loopback with a free port chosen by torchrun.
+    return [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", VIDWORLD, *args]
+
+
+def run_train(
+    run_dir: Path, overrides: list[str], nproc: int = 1, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        train_cmd(run_dir, overrides, nproc),
+        cwd=REPO,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_wandb_history(wandb_file: Path) -> list[dict]:
+    """History rows of an offline ``run-ID.wandb`` file, decoded with W&B's own protobuf ``Record``.
+
+    The file is a LevelDB-style log (W&B's transaction log): a 7-byte header (``:W&B``, magic, version)
+    then 32 KiB blocks of records, each ``crc32(4) length(2, little-endian) type(1) data``; types 1 full,
+    2 first, 3 middle, 4 last piece of one protobuf message.
+    """
+    import json
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = wandb_file.read_bytes()
+    assert data[:4] == b":W&B", f"{wandb_file} is not a W&B transaction log"
+    block, pos, pending, rows = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        payload = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(pending)
+            if rec.WhichOneof("record_type") == "history":
+                row = {}
+                for item in rec.history.item:
+                    key = item.key or "/".join(item.nested_key)
+                    row[key] = json.loads(item.value_json)
+                rows.append(row)
+            pending = b""
+    return rows

@@ -1,0 +1,205 @@
+"""Checkpoint folders of a training run: DeepSpeed's own state plus ours, complete or ignored.
+
+Layout (version 1)::
+
+    RUN_DIR/checkpoints/
+        latest                      # text: the tag of the newest complete checkpoint
+        step_00000200/              # one tag per saved step
+            ...                     # DeepSpeed's files (engine.save_checkpoint), any ZeRO stage
+            runtime_rank00000.pt    # ours, per rank: step, loader state, RNG states (weights_only)
+            config.yaml             # the resolved training config
+            COMPLETE                # JSON, written last: {"version", "step", "world_size", "zero_stage", ...}
+
+A checkpoint is complete when ``COMPLETE`` exists; ``latest`` is moved only after that, and a
+folder without ``COMPLETE`` (a write cut off by a crash or preemption) is never resumed from.
+``export_weights`` turns a checkpoint (ZeRO shards included) into one safetensors file.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vidworld.files import atomic_open, atomic_write_text
+
+FORMAT_VERSION = 1
+_TAG = re.compile(r"step_(\d{8})")
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def is_complete(ckpt_dir: Path) -> bool:
+    return (ckpt_dir / "COMPLETE").is_file()
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders, oldest step first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _TAG.fullmatch(p.name) and is_complete(p)]
+    return sorted(found, key=lambda p: p.name)
+
+
+def find_latest(run_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: the one ``latest`` names if complete, else the newest complete
+    one (a crash between ``COMPLETE`` and moving ``latest``), else ``None``."""
+    root = checkpoint_root(run_dir)
+    pointer = root / "latest"
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        if named.is_dir() and is_complete(named):
+            newest = complete_checkpoints(run_dir)[-1]
+            return max(named, newest, key=lambda p: p.name)
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
+    """The ``COMPLETE`` record of a checkpoint folder."""
+    path = Path(ckpt_dir) / "COMPLETE"
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt_dir} is not a complete checkpoint (no COMPLETE file); pick another")
+    return json.loads(path.read_text())
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU, CUDA) generator states, as plain types and tensors."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def runtime_state_path(ckpt_dir: Path, rank: int) -> Path:
+    return ckpt_dir / f"runtime_rank{rank:05d}.pt"
+
+
+def save_runtime_state(ckpt_dir: Path, rank: int, state: dict[str, Any]) -> None:
+    """This rank's runtime state (step, loader state, RNG), atomically."""
+    with atomic_open(runtime_state_path(ckpt_dir, rank), "wb") as f:
+        torch.save(state, f)
+
+
+def load_runtime_state(ckpt_dir: Path, rank: int, world_size: int) -> dict[str, Any]:
+    """Read this rank's runtime state; the world size must be the one the checkpoint was saved with."""
+    meta = read_meta(ckpt_dir)
+    if meta["world_size"] != world_size:
+        raise RuntimeError(
+            f"checkpoint {ckpt_dir} was saved by {meta['world_size']} processes but this run has "
+            f"{world_size}; "
+            "resume with the same number of processes, or start a new run_dir"
+        )
+    return torch.load(runtime_state_path(ckpt_dir, rank), map_location="cpu", weights_only=True)
+
+
+def mark_complete(ckpt_dir: Path, meta: dict[str, Any]) -> None:
+    """Rank 0, after every rank has written its part: ``COMPLETE``, then move ``latest``."""
+    atomic_write_text(ckpt_dir / "COMPLETE", json.dumps({"version": FORMAT_VERSION, **meta}, indent=1))
+    atomic_write_text(ckpt_dir.parent / "latest", ckpt_dir.name + "\n")
+
+
+def prune(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints, and incomplete folders older than
+    the newest complete one (cut-off writes). Returns the folders deleted."""
+    done = complete_checkpoints(run_dir)
+    if not done:
+        return []
+    newest = done[-1].name
+    doomed = done[: max(0, len(done) - max(1, keep_last))]
+    root = checkpoint_root(run_dir)
+    doomed += [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and _TAG.fullmatch(p.name) and not is_complete(p) and p.name < newest
+    ]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def remove_incomplete(run_dir: str | Path) -> list[Path]:
+    """Delete every checkpoint folder without ``COMPLETE`` (before resuming, so a new save never mixes
+    with a cut-off one of the same step)."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    doomed = [p for p in root.iterdir() if p.is_dir() and _TAG.fullmatch(p.name) and not is_complete(p)]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def consolidated_state_dict(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Full model weights from a checkpoint folder, whatever its ZeRO stage (shards are merged).
+
+    ZeRO 1-3: DeepSpeed's ``zero_to_fp32`` reader (fp32 master weights). Stage 0: the module
+    state DeepSpeed saved (in the training precision).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    meta = read_meta(ckpt_dir)
+    if meta.get("zero_stage", 0) >= 1:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name)
+    else:
+        # DeepSpeed's own file (not ours): it pickles its config objects, so weights_only cannot read it.
+        sd = torch.load(ckpt_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)[
+            "module"
+        ]
+    # Clone so tied weights become separate tensors (safetensors refuses shared storage).
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+
+def export_weights(ckpt_dir: str | Path, out_path: str | Path) -> Path:
+    """Write the consolidated weights of ``ckpt_dir`` to ``out_path`` (safetensors), atomically.
+
+    The file's metadata records the step and source checkpoint. Load with
+    ``safetensors.torch.load_file(out_path)`` and ``model.load_state_dict``.
+    """
+    from safetensors.torch import save
+
+    ckpt_dir = Path(ckpt_dir)
+    meta = read_meta(ckpt_dir)
+    data = save(
+        consolidated_state_dict(ckpt_dir), metadata={"step": str(meta["step"]), "checkpoint": ckpt_dir.name}
+    )
+    with atomic_open(out_path, "wb") as f:
+        f.write(data)
+    return Path(out_path)

@@ -1,0 +1,659 @@
+"""The shared training runtime: ``vidworld train CONFIG key=value ...``.
+
+One loop for every model. The task (``vidworld.task.Task``) builds the model, gives batches and
+computes the loss; this module owns the rest: distributed init, the DeepSpeed engine (ZeRO 0-3,
+bf16/fp32, accumulation, clipping, AdamW, warmup + cosine), activation checkpointing of the
+task's blocks, checkpoint and resume, preemption, non-finite steps, metrics and logging.
+
+Launchers all reach ``run_training`` (single process, ``torchrun --nproc_per_node=N $(which
+vidworld) train CONFIG``, ``srun``, a Ray Train worker). Rerunning the same command with the same
+``run_dir`` resumes from its newest complete checkpoint.
+
+Run folder (``run_dir``)::
+
+    config.yaml          the resolved config (also inside every checkpoint)
+    checkpoints/         see vidworld.checkpoint (latest, step_NNNNNNNN/, COMPLETE markers)
+    metrics.jsonl        one JSON row per logged step (names in vidworld.tracking)
+    media/               the task's eval videos (mp4)
+    peak_flops.json      the measured CPU peak behind MFU
+    wandb/, wandb_run_id.txt
+    model.safetensors    consolidated weights at the end (``load_trained(run_dir)``)
+
+Exit codes: 0 done; 75 (``PREEMPTED_EXIT_CODE``) saved after SIGTERM/SIGUSR1, rerun to resume
+(the SLURM script requeues on it); 1 stopped after ``trainer.max_bad_steps`` non-finite steps
+in a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pipeline.loader import LoaderConfig
+from vidworld import checkpoint as ckpt
+from vidworld.config import ConfigError, load_yaml, merge_into, parse_overrides, save_config
+from vidworld.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
+from vidworld.metrics import Throughput, peak_flops, peak_memory_bytes
+from vidworld.progress import Progress
+from vidworld.task import TASKS, Task
+from vidworld.tracking import Tracker, WandbConfig
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; slurm/ requeues the job on it
+DIVERGED_EXIT_CODE = 1
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """The ``trainer:`` section. Defaults are the small single-process CPU case."""
+
+    max_steps: int = 100
+    micro_batch_size: int = 4  # per rank; must equal data.batch_size
+    grad_accum: int = 1
+    zero_stage: int = 0  # 0..3
+    offload_optimizer: bool = False  # ZeRO 1-3: optimizer state in CPU memory (DeepSpeedCPUAdam)
+    precision: str = "fp32"  # bf16 | fp32
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0  # 0 disables clipping
+    activation_checkpointing: bool = False
+    checkpoint_blocks: list[int] = dataclasses.field(default_factory=list)  # block indices; empty = all
+    save_every: int = 1000  # steps; a checkpoint is also written at the end and on preemption
+    keep_last: int = 3  # complete checkpoints kept
+    export_weights: bool = True  # run_dir/model.safetensors at the end
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # steps between task.eval_media calls (metrics + media to W&B); 0 = never
+    progress_interval: float = 30.0  # seconds between progress lines (with ETA)
+    max_bad_steps: int = 5  # non-finite steps in a row that stop the run
+    debug_nan_steps: list[int] = dataclasses.field(default_factory=list)  # test hook: NaN loss at these steps
+
+
+@dataclasses.dataclass
+class LauncherConfig:
+    """The ``launcher:`` section: ``local`` trains in this process (or under torchrun/srun),
+    ``ray`` hands the same config to Ray Train (``vidworld.ray_train.launch``)."""
+
+    kind: str = "local"  # local | ray
+    num_workers: int = 2
+    use_gpu: bool = False
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A whole training config. ``model`` is the task's ``config_class`` (checked once the task is known)."""
+
+    run_dir: str = "???"
+    task: str = "???"  # a key of vidworld.task.TASKS or "module:Class"
+    model: Any = dataclasses.field(default_factory=dict)
+    data: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+    launcher: LauncherConfig = dataclasses.field(default_factory=LauncherConfig)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row; the message names the step and what to try."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config
+
+
+def resolve_task_class(name: str) -> type:
+    """``"reference"`` (a key of ``vidworld.task.TASKS``) or ``"module:Class"`` -> the class."""
+    target = TASKS.get(name, name)
+    if ":" not in target:
+        raise ConfigError(f"task '{name}' is not one of {sorted(TASKS)} and not of the form module:Class")
+    module, cls_name = target.split(":", 1)
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"task '{name}' ({target}) cannot be imported: {e}") from e
+    required = [m for m in dir(Task) if not m.startswith("_") and callable(getattr(Task, m))]
+    missing = [m for m in required if not callable(getattr(cls, m, None))]
+    if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
+        missing.insert(0, "config_class (a dataclass)")
+    if missing:
+        raise ConfigError(f"task '{name}' ({target}) lacks {missing} of vidworld.task.Task; add them")
+    return cls
+
+
+def load_train_config(
+    config_path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """YAML + overrides -> ``TrainConfig`` with ``model`` as the task's config dataclass.
+
+    Unknown keys and wrong types fail with a ``ConfigError`` naming the key (``model.width``,
+    ``trainer.max_step``) and the source (the file or "command line").
+    """
+    layers: list[tuple[str, Any]] = []
+    if config_path is not None:
+        layers.append((str(config_path), load_yaml(config_path)))
+    if overrides:
+        layers.append(("command line", parse_overrides(overrides)))
+    # First pass: everything but the model section, to learn the task.
+    first = merge_into(TrainConfig, *layers)
+    if OmegaConf.is_missing(first, "task"):
+        raise ConfigError(
+            f"{config_path or 'the defaults'}: required config key 'task' has no value; set it to one of "
+            f"{sorted(TASKS)} or module:Class"
+        )
+    task_cls = resolve_task_class(str(first.task))
+    base = OmegaConf.structured(TrainConfig)
+    base.model = OmegaConf.structured(task_cls.config_class)
+    cfg = merge_into(base, *layers)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"{config_path or 'the defaults'}: required config key(s) {missing} have no value; set them, "
+            f"e.g. {missing[0]}=..."
+        )
+    out: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    _check(out)
+    return out
+
+
+def _check(cfg: TrainConfig) -> None:
+    t = cfg.trainer
+    if t.precision not in ("bf16", "fp32"):
+        raise ConfigError(f"trainer.precision must be bf16 or fp32, got {t.precision!r}")
+    if t.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"trainer.zero_stage must be 0, 1, 2 or 3, got {t.zero_stage}")
+    if t.offload_optimizer and t.zero_stage == 0:
+        raise ConfigError("trainer.offload_optimizer needs trainer.zero_stage >= 1")
+    for key in ("max_steps", "micro_batch_size", "grad_accum", "save_every", "keep_last", "log_every"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(t, key)}")
+    if cfg.data.batch_size != t.micro_batch_size:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} differs from "
+            f"trainer.micro_batch_size={t.micro_batch_size}; "
+            "set them equal (the micro-batch is what each rank loads per forward pass)"
+        )
+    if cfg.launcher.kind not in ("local", "ray"):
+        raise ConfigError(f"launcher.kind must be local or ray, got {cfg.launcher.kind!r}")
+    if len(t.betas) != 2:
+        raise ConfigError(f"trainer.betas must hold two numbers, got {t.betas}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Engine
+
+
+def lr_lambda(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier at optimizer step ``step`` (0-based): linear warmup, then cosine to ``min_lr_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def deepspeed_config(t: TrainerConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON config for a ``trainer:`` section."""
+    zero: dict[str, Any] = {"stage": t.zero_stage}
+    if t.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_batch_size": t.micro_batch_size * t.grad_accum * world_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": t.grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": t.lr,
+                "betas": list(t.betas),
+                "eps": 1e-8,
+                "weight_decay": t.weight_decay,
+                # torch's AdamW unless offloaded (then DeepSpeedCPUAdam): no extra op to build.
+                "torch_adam": not t.offload_optimizer,
+            },
+        },
+        "zero_optimization": zero,
+        "bf16": {"enabled": t.precision == "bf16"},
+        "steps_per_print": 2**31 - 1,  # our Tracker logs; keep DeepSpeed's own progress lines off
+        "wall_clock_breakdown": False,
+    }
+
+
+def model_blocks(task: Any, model: nn.Module) -> list[nn.Module]:
+    """The blocks the task exposes for activation checkpointing (``task.blocks`` or ``model.blocks``)."""
+    if hasattr(task, "blocks"):
+        return list(task.blocks(model))
+    if isinstance(getattr(model, "blocks", None), nn.ModuleList):
+        return list(model.blocks)
+    raise ConfigError(
+        f"trainer.activation_checkpointing is on but task {type(task).__name__} exposes no blocks; "
+        "give the task a blocks(model) method or the model an nn.ModuleList named blocks"
+    )
+
+
+def apply_activation_checkpointing(blocks: list[nn.Module], indices: list[int]) -> int:
+    """Recompute the chosen blocks' activations in backward instead of storing them.
+
+    Wraps each block's ``forward`` on the instance, so parameter names and the model's code stay
+    as they are. Returns how many blocks were wrapped.
+    """
+    chosen = range(len(blocks)) if not indices else indices
+    for i in chosen:
+        if not 0 <= i < len(blocks):
+            raise ConfigError(f"trainer.checkpoint_blocks has {i} but the model has {len(blocks)} blocks")
+        block = blocks[i]
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+    return len(chosen)
+
+
+def build_model(task: Any, cfg: TrainConfig, info: DistInfo) -> nn.Module:
+    """``task.build_model()``; under ZeRO-3 inside ``deepspeed.zero.Init``, so each parameter is
+    partitioned over the ranks as soon as its module is built and no rank ever holds the whole model."""
+    if cfg.trainer.zero_stage != 3:
+        return task.build_model()
+    import deepspeed
+
+    # zero.Init reads the world size from DeepSpeed's comm layer: hand it our process group first.
+    deepspeed.init_distributed(dist_backend=info.backend, auto_mpi_discovery=False, dist_init_required=False)
+    with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg.trainer, info.world_size)):
+        return task.build_model()
+
+
+def build_engine(model: nn.Module, cfg: TrainConfig, info: DistInfo):
+    """The DeepSpeed engine for ``model`` (placed on ``info.device``) with our LR schedule."""
+    import deepspeed
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel("WARNING")
+    t = cfg.trainer
+    schedule = functools.partial(
+        lr_lambda, warmup_steps=t.warmup_steps, max_steps=t.max_steps, min_lr_ratio=t.min_lr_ratio
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    ds_config = deepspeed_config(t, info.world_size)
+    optimizer = None
+    if t.zero_stage == 0 and t.precision == "fp32":
+        opt = ds_config.pop("optimizer")["params"]
+        optimizer = FiniteAdamW(
+            params, lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"], weight_decay=opt["weight_decay"]
+        )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model if t.zero_stage == 3 else model.to(info.device),
+        model_parameters=params,
+        optimizer=optimizer,
+        config=ds_config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        dist_init_required=False,
+    )
+    return engine
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preemption
+
+
+class PreemptionSignal:
+    """SIGTERM/SIGUSR1 set a flag; the loop saves at the next step boundary and exits 75.
+
+    Handlers are installed only in the main thread (a Ray Train worker may run us elsewhere; there
+    Ray delivers its own stop) and restored on ``close``.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(
+    engine, cfg: TrainConfig, info: DistInfo, step: int, task: Any, counters: dict[str, int]
+) -> Path:
+    """Every rank: DeepSpeed's state and ours; rank 0 then marks it complete and moves ``latest``."""
+    root = ckpt.checkpoint_root(cfg.run_dir)
+    tag = ckpt.tag_for(step)
+    engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+    ckpt_dir = root / tag
+    state = {"step": step, "loader": task.loader_state(), "rng": ckpt.rng_state(), **counters}
+    ckpt.save_runtime_state(ckpt_dir, info.rank, state)
+    barrier()  # every rank's files are on disk before the checkpoint is declared complete
+    if info.is_main:
+        save_config(cfg, ckpt_dir / "config.yaml")
+        ckpt.mark_complete(
+            ckpt_dir,
+            {
+                "step": step,
+                "world_size": info.world_size,
+                "zero_stage": cfg.trainer.zero_stage,
+                "precision": cfg.trainer.precision,
+                "task": cfg.task,
+                "time": time.time(),
+            },
+        )
+        ckpt.prune(cfg.run_dir, cfg.trainer.keep_last)
+    barrier()
+    return ckpt_dir
+
+
+class FiniteAdamW(torch.optim.AdamW):
+    """AdamW that skips an update whose gradients are not all finite, for ZeRO stage 0 in fp32.
+
+    DeepSpeed's ZeRO and bf16 optimizers already skip such updates; with stage 0 in fp32 it calls
+    the client optimizer directly. Setting ``overflow`` is DeepSpeed's protocol for "step not
+    applied": the engine then counts it in ``skipped_steps`` and holds the LR schedule back.
+    """
+
+    overflow = False
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self.overflow = bool(grads) and not bool(
+            torch.isfinite(torch.stack([torch.linalg.vector_norm(g) for g in grads])).all()
+        )
+        if self.overflow:
+            return None
+        return super().step(closure)
+
+
+def _grad_norm_stage0(model: nn.Module) -> float:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
+def _grad_norm(engine, fallback: float | None) -> float:
+    norm = engine.get_global_grad_norm()
+    if norm is None:
+        return float("nan") if fallback is None else fallback
+    return float(norm)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: TrainConfig) -> int:
+    """Train ``cfg`` in this process (one rank of those the launcher started); returns the exit code."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed reads it at import (FACTS.md)
+    info = init_distributed()
+    try:
+        return _train(cfg, info)
+    finally:
+        shutdown_distributed(info)
+
+
+@dataclasses.dataclass
+class StepResult:
+    """One optimizer step, agreed over all ranks. ``loss`` is the mean over finite micro-batches."""
+
+    loss: float
+    bad: bool  # a non-finite loss or gradient somewhere: the update was skipped
+    preempt: bool  # some rank got SIGTERM/SIGUSR1
+    grad_norm: float
+    extras: dict[str, float]  # the task's other loss-dict entries, averaged
+    seconds: float
+    last_batch: Any = None  # this rank's last micro-batch, for eval media
+
+
+def train_step(
+    engine, task: Any, batches: Any, t: TrainerConfig, step: int, info: DistInfo, preempt: bool
+) -> StepResult:
+    """Forward/backward ``t.grad_accum`` micro-batches and step the optimizer (``step`` is the 0-based
+    index of this step). DeepSpeed skips the update when gradients are not finite."""
+    t0 = time.perf_counter()
+    stage0_fp32 = t.zero_stage == 0 and t.precision == "fp32"
+    loss_sum, nonfinite, extras, own_norm = 0.0, 0.0, {}, None
+    for _ in range(t.grad_accum):
+        batch = next(batches)
+        out = task.loss(engine, batch)
+        loss = out["loss"]
+        if step + 1 in t.debug_nan_steps:  # steps are numbered from 1, as logged
+            loss = loss * float("nan")
+        engine.backward(loss)
+        if stage0_fp32 and engine.is_gradient_accumulation_boundary():
+            own_norm = _grad_norm_stage0(engine.module)  # before DeepSpeed clips
+        engine.step()
+        value = float(loss.detach())
+        nonfinite += 0.0 if math.isfinite(value) else 1.0
+        loss_sum += value if math.isfinite(value) else 0.0
+        for k, v in out.items():
+            if k != "loss":
+                extras[k] = extras.get(k, 0.0) + float(v)
+    keys = sorted(extras)
+    # One small all-reduce per step: every rank takes the same skip/stop decisions.
+    agreed = all_reduce_sum(
+        [loss_sum, nonfinite, float(preempt), 0.0 if engine.was_step_applied() else 1.0]
+        + [extras[k] for k in keys],
+        info.device,
+    )
+    n_micro = t.grad_accum * info.world_size
+    return StepResult(
+        loss=agreed[0] / (n_micro - agreed[1]) if agreed[1] < n_micro else float("nan"),
+        bad=agreed[1] > 0 or agreed[3] > 0,
+        preempt=agreed[2] > 0,
+        grad_norm=_grad_norm(engine, own_norm),
+        extras={k: agreed[4 + i] / n_micro for i, k in enumerate(keys)},
+        seconds=time.perf_counter() - t0,
+        last_batch=batch,
+    )
+
+
+def eval_media(engine, task: Any, batch: Any) -> dict[str, Any]:
+    """``task.eval_media`` on every rank (ZeRO-3 gathers parameters collectively), in eval mode."""
+    engine.eval()
+    try:
+        with torch.no_grad():
+            return task.eval_media(engine, batch)
+    finally:
+        engine.train()
+
+
+def _resume(engine, run_dir: Path, info: DistInfo) -> dict[str, Any] | None:
+    """Load the newest complete checkpoint into ``engine`` and restore RNG; its runtime state, or None."""
+    latest = ckpt.find_latest(run_dir)  # every rank reads the same folder...
+    barrier()
+    if info.is_main:
+        ckpt.remove_incomplete(run_dir)  # ...then rank 0 clears cut-off writes
+    state = None
+    if latest is not None:
+        state = ckpt.load_runtime_state(latest, info.rank, info.world_size)
+        engine.load_checkpoint(str(latest.parent), tag=latest.name)
+        ckpt.set_rng_state(state["rng"])
+        if info.is_main:
+            print(f"train: resumed from {latest} (step {state['step']})", flush=True)
+    barrier()
+    return state
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> int:
+    t = cfg.trainer
+    run_dir = Path(cfg.run_dir)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    # Same seed on every rank: identical initial weights (DeepSpeed also broadcasts rank 0's).
+    torch.manual_seed(t.seed)
+    task = resolve_task_class(cfg.task)(cfg.model, cfg)
+    model = build_model(task, cfg, info)
+    if t.activation_checkpointing:
+        apply_activation_checkpointing(model_blocks(task, model), list(t.checkpoint_blocks))
+    engine = build_engine(model, cfg, info)
+
+    state = _resume(engine, run_dir, info)
+    step = int(state["step"]) if state else 0
+    counters = {k: int(state.get(k, 0)) if state else 0 for k in ("skipped_steps", "bad_in_a_row")}
+    batches = task.batches(info.rank, info.world_size, t.seed, state["loader"] if state else None)
+
+    tracker = progress = throughput = None
+    if info.is_main:
+        peak, peak_source = peak_flops(info.device, t.precision, cache_dir=run_dir)
+        print(
+            f"train: peak {peak / 1e12:.3g} TFLOP/s per device ({peak_source}); {info.world_size} process(es)"
+        )
+        samples_per_step = t.micro_batch_size * t.grad_accum * info.world_size
+        throughput = Throughput(
+            samples_per_step, task.tokens_per_sample(), task.flops_per_sample(), peak, info.world_size
+        )
+        resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+        tracker = Tracker(cfg.wandb, run_dir, resolved, t.max_steps)  # type: ignore[arg-type]
+        progress = Progress(
+            "train", total=t.max_steps, unit="steps", interval=t.progress_interval, start=step
+        )
+
+    preempt = PreemptionSignal()
+    exit_code = 1  # until the loop ends one of its expected ways
+    try:
+        while step < t.max_steps:
+            result = train_step(engine, task, batches, t, step, info, preempt.requested)
+            step += 1
+            counters["skipped_steps"] += result.bad
+            counters["bad_in_a_row"] = counters["bad_in_a_row"] + 1 if result.bad else 0
+
+            if info.is_main:
+                throughput.add(result.seconds)
+                progress.update(1)
+                if result.bad or step % t.log_every == 0 or step == t.max_steps:
+                    metrics = {
+                        "train/loss": result.loss,
+                        "train/lr": float(engine.get_lr()[0]),
+                        "train/grad_norm": result.grad_norm,
+                        "train/skipped_steps": float(counters["skipped_steps"]),
+                        "train/nonfinite_step": float(result.bad),
+                        "train/peak_mem_gib": peak_memory_bytes(info.device) / 2**30,
+                        **{f"train/{k}": v for k, v in result.extras.items()},
+                        **{f"train/{k}": v for k, v in throughput.read().items()},
+                    }
+                    tracker.log(step, metrics)
+                    progress.set(loss=round(result.loss, 4))
+
+            if t.eval_every and step % t.eval_every == 0:
+                media = eval_media(engine, task, result.last_batch)
+                if info.is_main:
+                    tracker.log_media(step, media)
+
+            if counters["bad_in_a_row"] >= t.max_bad_steps:
+                raise TrainingDiverged(
+                    f"step {step}: {counters['bad_in_a_row']} steps in a row had a non-finite loss or "
+                    f"gradient ({counters['skipped_steps']} skipped in all). Try a lower trainer.lr (now "
+                    f"{t.lr}), trainer.precision=fp32 (now {t.precision}), a smaller trainer.grad_clip (now "
+                    f"{t.grad_clip}), or check the data; the last good checkpoint is in run_dir/checkpoints"
+                )
+            if result.preempt or step % t.save_every == 0 or step == t.max_steps:
+                saved = save_checkpoint(engine, cfg, info, step, task, counters)
+                if info.is_main:
+                    print(f"train: saved {saved}", flush=True)
+            if result.preempt:
+                if info.is_main:
+                    print(f"train: preempted at step {step}; rerun the same command to resume", flush=True)
+                exit_code = PREEMPTED_EXIT_CODE
+                break
+        else:
+            if t.export_weights and info.is_main:
+                out = ckpt.export_weights(ckpt.find_latest(run_dir), run_dir / "model.safetensors")
+                print(f"train: exported weights to {out}", flush=True)
+            barrier()
+            exit_code = 0
+    except TrainingDiverged as e:
+        if info.is_main:
+            print(f"train: stopped: {e}", flush=True)
+        exit_code = DIVERGED_EXIT_CODE
+    finally:
+        preempt.close()
+        if info.is_main:
+            progress.close()
+            tracker.close(exit_code)
+    return exit_code
+
+
+def load_trained(
+    run_dir: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[TrainConfig, Any, nn.Module]:
+    """A finished (or stopped) run as ``(config, task, model)``, the model in eval mode on ``device``.
+
+    Weights come from ``run_dir/model.safetensors``, or, when the run has none yet (preempted,
+    still training), are consolidated from its newest complete checkpoint. For inference and
+    evaluation code (rollouts, the tokenizer in the dynamics stage); no DeepSpeed needed.
+    """
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    cfg = load_train_config(run_dir / "config.yaml")
+    task = resolve_task_class(cfg.task)(cfg.model, cfg)
+    model = task.build_model()
+    exported = run_dir / "model.safetensors"
+    if exported.is_file():
+        weights = load_file(exported)
+    else:
+        latest = ckpt.find_latest(run_dir)
+        if latest is None:
+            raise FileNotFoundError(
+                f"{run_dir} has neither model.safetensors nor a complete checkpoint; train it first"
+            )
+        weights = ckpt.consolidated_state_dict(latest)
+    model.load_state_dict(weights, strict=True)
+    return cfg, task, model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entries
+
+
+def run_training(config_path: str, overrides: list[str]) -> int:
+    """Load the config and train in this process; the entry a Ray Train worker (or srun task) calls."""
+    return train(load_train_config(config_path, overrides))
+
+
+def cli(config_path: str, overrides: list[str]) -> int:
+    """``vidworld train CONFIG key=value ...``: train here, or via Ray Train when ``launcher.kind=ray``."""
+    cfg = load_train_config(config_path, overrides)
+    if cfg.launcher.kind == "ray":
+        from vidworld import ray_train  # written beside this runtime; imported only when asked for
+
+        return int(ray_train.launch(config_path, overrides, cfg) or 0)
+    return train(cfg)
+
+
+__all__ = [
+    "PREEMPTED_EXIT_CODE",
+    "LauncherConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "TrainingDiverged",
+    "cli",
+    "load_train_config",
+    "load_trained",
+    "run_training",
+    "train",
+]
