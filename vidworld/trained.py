@@ -1,9 +1,7 @@
-"""Load what a training run produced: its task's model with the exported weights, for inference.
+"""What a training run has produced, for the stages after it: the step of its exported weights.
 
-A finished run folder holds ``config.yaml`` (the resolved training config) and
-``model.safetensors`` (consolidated weights, written by ``vidworld.train`` at the end or by
-``vidworld.checkpoint.export_weights``). Rollouts, evaluation and notebooks load models only
-through ``load_trained_model``.
+Loading a run's model is ``vidworld.train.load_trained``; ``load_trained_model`` here is the
+same call in the ``(model, config)`` order the evaluation code uses.
 """
 
 from __future__ import annotations
@@ -12,10 +10,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from vidworld.train import TrainConfig, load_train_config, resolve_task_class
+from vidworld.train import TrainConfig, load_trained
 
 WEIGHTS = "model.safetensors"
 
@@ -35,22 +32,6 @@ def trained_step(run_dir: str | os.PathLike) -> int | None:
 def load_trained_model(
     run_dir: str | os.PathLike, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, TrainConfig]:
-    """``(model in eval mode on device, the run's TrainConfig)`` from a finished run folder."""
-    run = Path(run_dir)
-    weights, config = run / WEIGHTS, run / "config.yaml"
-    if not config.is_file() or not weights.is_file():
-        raise FileNotFoundError(
-            f"{run} is not a finished training run: it needs config.yaml and {WEIGHTS} (written when "
-            f"training reaches trainer.max_steps); finish it with `vidworld train {config}`"
-        )
-    cfg = load_train_config(config)
-    task = resolve_task_class(cfg.task)(cfg.model, cfg)
-    model = task.build_model()
-    state = load_file(str(weights), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{weights} does not fit the model of {config}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    return model.to(device).eval(), cfg
+    """``(model in eval mode on device, the run's TrainConfig)``; see ``vidworld.train.load_trained``."""
+    cfg, _, model = load_trained(run_dir, device)
+    return model, cfg
