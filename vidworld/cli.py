@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config", help="YAML config file (or, for `samples`, the output folder)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
+    argv = sys.argv[1:] if argv is None else argv
+    # The deepspeed launcher appends --local_rank=N; the rank comes from the environment instead.
+    argv = [a for a in argv if not a.startswith(("--local_rank=", "--local-rank="))]
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

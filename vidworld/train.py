@@ -498,6 +498,9 @@ def _resume(engine, run_dir: Path, info: DistInfo) -> dict[str, Any] | None:
 
 def _train(cfg: TrainConfig, info: DistInfo) -> int:
     t = cfg.trainer
+    # First, so that a SIGUSR1/SIGTERM during the slow start (engine build, resume) is a request to
+    # stop at the first step boundary, not the signal's default action of killing the process.
+    preempt = PreemptionSignal()
     run_dir = Path(cfg.run_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -532,7 +535,6 @@ def _train(cfg: TrainConfig, info: DistInfo) -> int:
             "train", total=t.max_steps, unit="steps", interval=t.progress_interval, start=step
         )
 
-    preempt = PreemptionSignal()
     exit_code = 1  # until the loop ends one of its expected ways
     try:
         while step < t.max_steps:
