@@ -1,0 +1,293 @@
+"""Open-loop rollouts of a trained dynamics model, decoded to pixels: ``vidworld rollout``.
+
+    vidworld rollout jobs/rollout.yaml checkpoint=RUN_DIR tokenizer=TOKENIZER shards=LATENTS \
+        clips=CURATED context=2 horizon=2 output=DIR
+
+Units: ``context`` and ``horizon`` count LATENT frames. Latent frame 0 codes source frame 0 alone
+and latent frame ``i > 0`` codes source frames ``1 + (i-1) tau .. i tau`` (``tau`` = the
+tokenizer's temporal compression; tokenizer/tokenize.py). So ``context=C`` is ``1 + (C-1) tau``
+source frames and ``horizon=H`` is ``H tau`` more: with ``tau=4`` and 17-frame clips (5 latent
+frames), ``context=2 horizon=2`` shows source frames 0..4 as context and imagines frames 5..12.
+
+``WorldModel`` is the shared machinery (``dynamics.evaluate`` uses it): a dynamics model (anything
+with the ``rollout`` method of ``DiffusionDynamics`` / ``MaskGITDynamics``) with its
+``DynamicsConfig`` and the tokenizer; it turns a latent-shard sample into model input with
+``DynamicsTask.prepare`` (which owns the source-frame -> latent-frame action mapping), rolls out,
+and decodes latents to uint8 frames. The rollout video is ``truth | model`` side by side; the
+model's context frames (the tokenizer's reconstruction of the real context) carry a red border.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dynamics.config import DynamicsConfig
+from dynamics.task import DynamicsTask
+from pipeline.video import encode_mp4
+from tokenizer.evaluate import iter_split, resolve_device
+from tokenizer.export import load_tokenizer
+from tokenizer.metrics import to_uint8
+from vidworld.config import load_config
+from vidworld.files import atomic_write_bytes
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """Sampler settings of a rollout; ``None`` keeps the model config's value."""
+
+    steps: int | None = None  # diffusion sampling steps / MaskGIT steps per frame
+    sampler: str | None = None  # diffusion: euler | heun
+    temperature: float | None = None  # maskgit: 0 = most likely token
+    top_k: int | None = None  # maskgit
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    """``vidworld rollout``: one clip's imagined future beside its truth, as an mp4."""
+
+    checkpoint: str = "???"  # dynamics training run folder (config.yaml + model.safetensors)
+    tokenizer: str = "???"  # the tokenizer the latent shards were made with (export or run folder)
+    shards: str = "???"  # latent shards (vidworld tokenize output)
+    # Clip shards with the same keys: the truth in pixels. Empty: the truth shown is the
+    # tokenizer's reconstruction of the true latents.
+    clips: str = ""
+    output: str = "???"  # folder; the video is output/rollout.mp4
+    split: str = "heldout"
+    key: str = ""  # the clip to roll out; empty: the first clip of the split in key order
+    context: int = 2  # latent frames of real context (1 + (context-1)*tau source frames)
+    horizon: int = 2  # latent frames imagined (horizon*tau source frames)
+    seed: int = 0
+    device: str = "auto"
+    fps: float = 15.0
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+
+
+def source_slice(i: int, tau: int) -> slice:
+    """The source frames latent frame ``i`` decodes to: ``[0]`` for 0, else ``1+(i-1)tau .. i tau``."""
+    return slice(0, 1) if i == 0 else slice(1 + (i - 1) * tau, i * tau + 1)
+
+
+def source_frames(latent_frames: int, tau: int) -> int:
+    """Source frames of ``latent_frames`` latent frames: ``1 + (latent_frames - 1) tau``."""
+    return 1 + (latent_frames - 1) * tau
+
+
+class WorldModel:
+    """A dynamics model with the tokenizer it was trained on: latents in, uint8 frames out.
+
+    ``dynamics`` is any module with ``rollout(context, actions, horizon, **sampling)`` (the
+    ``DiffusionDynamics`` / ``MaskGITDynamics`` signature); ``cfg`` its ``DynamicsConfig``.
+    Model space: continuous latents times ``cfg.latent_scale`` ``[B, C, T, h, w]``, or FSQ
+    indices ``[B, T, h, w]`` long.
+    """
+
+    def __init__(
+        self,
+        dynamics: nn.Module,
+        cfg: DynamicsConfig,
+        tokenizer: nn.Module,
+        step: int | None = None,
+        checkpoint: str = "",
+        tokenizer_path: str = "",
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.dynamics, self.cfg, self.tokenizer = dynamics, cfg, tokenizer
+        self.step, self.checkpoint, self.tokenizer_path = step, checkpoint, tokenizer_path
+        self.device = torch.device(device)
+        self.tau = int(tokenizer.temporal_compression)
+        if cfg.temporal_compression != self.tau:
+            raise ValueError(
+                f"the dynamics model was trained with temporal_compression={cfg.temporal_compression} "
+                f"but the tokenizer {tokenizer_path or ''} has {self.tau}: pass the tokenizer that made "
+                "the model's latent shards"
+            )
+        if bool(tokenizer.is_discrete) != cfg.is_discrete:
+            need = "a discrete (FSQ)" if cfg.is_discrete else "a continuous"
+            raise ValueError(
+                f"head={cfg.head} needs {need} tokenizer; {tokenizer_path or 'the tokenizer given'} is not"
+            )
+        self._tasks: dict[int, DynamicsTask] = {}
+
+    @classmethod
+    def load(
+        cls, checkpoint: str | os.PathLike, tokenizer: str | os.PathLike, device: str = "auto"
+    ) -> WorldModel:
+        """Load a finished dynamics run folder and a tokenizer onto ``device`` (auto: cuda if any)."""
+        from vidworld.trained import load_trained_model, trained_step
+
+        dev = resolve_device(device)
+        model, train_cfg = load_trained_model(checkpoint, dev)
+        if not isinstance(train_cfg.model, DynamicsConfig):
+            raise ValueError(
+                f"{checkpoint} is a run of task {train_cfg.task!r}, not a dynamics run: pass the dynamics "
+                "run folder as checkpoint= and the tokenizer as tokenizer="
+            )
+        tok = load_tokenizer(tokenizer, device=dev)
+        return cls(
+            model, train_cfg.model, tok, trained_step(checkpoint), str(checkpoint), str(tokenizer), dev
+        )
+
+    # -- data ---------------------------------------------------------------------------------
+    def prepare(self, sample: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """A latent-shard sample (``iter_split`` item) -> ``(x, actions)`` for a batch of one.
+
+        ``x``: model space, all latent frames of the clip; ``actions``: ``[1, T', tau(, A)]``
+        or ``None`` for a model without actions.
+        """
+        field = "indices" if self.cfg.is_discrete else "latents"
+        if field not in sample:
+            raise ValueError(
+                f"sample {sample.get('key')!r} has no KEY.{field}.npy: point shards= at the latent shards "
+                f"the tokenizer made (vidworld tokenize), not the clip shards"
+            )
+        t = int(sample[field].shape[0])
+        if t not in self._tasks:
+            # max_frames = the clip's length: prepare() would otherwise cut a random window.
+            cfg = dataclasses.replace(self.cfg, max_frames=t)
+            self._tasks[t] = DynamicsTask(cfg, SimpleNamespace(data=None))
+        batch = {k: (v[None] if isinstance(v, Tensor) else v) for k, v in sample.items()}
+        out = self._tasks[t].prepare(batch)
+        actions = out["actions"]
+        return out["x"].to(self.device), None if actions is None else actions.to(self.device)
+
+    def frames(self, x: Tensor) -> int:
+        """Latent frames of a model-space tensor."""
+        return int(x.shape[1] if self.cfg.is_discrete else x.shape[2])
+
+    def slice(self, x: Tensor, start: int, end: int) -> Tensor:
+        """Latent frames ``start:end`` of a model-space tensor."""
+        return x[:, start:end] if self.cfg.is_discrete else x[:, :, start:end]
+
+    def cat(self, *xs: Tensor) -> Tensor:
+        return torch.cat(xs, dim=1 if self.cfg.is_discrete else 2)
+
+    # -- model --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(
+        self,
+        context: Tensor,
+        actions: Tensor | None,
+        horizon: int,
+        generator: torch.Generator | None = None,
+        sampling: SamplingConfig | None = None,
+    ) -> Tensor:
+        """``horizon`` latent frames after ``context`` (model space) under ``actions`` covering
+        context + horizon ``[B, Tc + H, tau(, A)]``; returns model space with ``horizon`` frames."""
+        s = sampling or SamplingConfig()
+        if self.cfg.is_discrete:
+            kw = {"steps": s.steps, "temperature": s.temperature, "top_k": s.top_k}
+        else:
+            kw = {"steps": s.steps, "sampler": s.sampler}
+        kw = {k: v for k, v in kw.items() if v is not None}
+        p = next(iter(self.dynamics.parameters()), None)
+        if p is not None and context.is_floating_point():
+            context = context.to(p.dtype)
+        return self.dynamics.rollout(context, actions, horizon, generator=generator, **kw)
+
+    # -- tokenizer ----------------------------------------------------------------------------
+    def latents(self, x: Tensor) -> Tensor:
+        """Model space -> the tokenizer's latents ``[B, C, T, h, w]`` float: continuous latents
+        divided by ``latent_scale``, or the FSQ codes of the indices (what latent MSE compares)."""
+        if self.cfg.is_discrete:
+            return self.tokenizer.bottleneck.indices_to_codes(x.long()).float()
+        return x.float() / self.cfg.latent_scale
+
+    @torch.no_grad()
+    def decode(self, x: Tensor) -> Tensor:
+        """Model space with ``T'`` latent frames -> uint8 frames ``[B, 1 + (T'-1) tau, H, W, 3]``."""
+        z = self.latents(x).to(self.device)
+        p = next(iter(self.tokenizer.parameters()), None)
+        if p is not None:
+            z = z.to(p.dtype)
+        return to_uint8(self.tokenizer.decode(z)).cpu()
+
+
+def side_by_side(truth: np.ndarray, model: np.ndarray, context_frames: int) -> np.ndarray:
+    """``truth | model`` uint8 ``[T, H, 2W, 3]``; the model's first ``context_frames`` frames (real
+    context through the tokenizer) get a 2-pixel red border so the imagined part stands out."""
+    if truth.shape != model.shape:
+        raise ValueError(f"truth {truth.shape} and model {model.shape} frames must have the same shape")
+    model = model.copy()
+    b = 2
+    for f in model[:context_frames]:
+        f[:b], f[-b:], f[:, :b], f[:, -b:] = (255, 0, 0), (255, 0, 0), (255, 0, 0), (255, 0, 0)
+    return np.ascontiguousarray(np.concatenate([truth, model], axis=2))
+
+
+def clip_frames_by_key(clip_shards: str, split: str, keys: set[str]) -> dict[str, Tensor]:
+    """uint8 frames ``[T, H, W, 3]`` of the clips named in ``keys`` (one pass over the shards)."""
+    found: dict[str, Tensor] = {}
+    for s in iter_split(clip_shards, split):
+        if s["key"] in keys:
+            if "frames" not in s:
+                raise ValueError(f"{clip_shards}: sample {s['key']!r} has no mp4; clips= takes clip shards")
+            found[s["key"]] = s["frames"]
+            if len(found) == len(keys):
+                break
+    missing = sorted(keys - set(found))
+    if missing:
+        raise ValueError(
+            f"clip shards {clip_shards} have no {split!r} clip with key(s) {missing[:3]}: pass the curated "
+            "clips the latent shards were tokenized from"
+        )
+    return found
+
+
+@torch.no_grad()
+def rollout_video(cfg: RolloutConfig, world: WorldModel | None = None) -> Path:
+    """Roll out one clip and write ``cfg.output/rollout.mp4``; returns its path."""
+    world = world or WorldModel.load(cfg.checkpoint, cfg.tokenizer, cfg.device)
+    if cfg.context < 1 or cfg.horizon < 1:
+        raise ValueError(f"context={cfg.context}, horizon={cfg.horizon}: both must be >= 1 latent frames")
+    need = cfg.context + cfg.horizon
+    sample = None
+    for s in iter_split(cfg.shards, cfg.split):
+        field = "indices" if world.cfg.is_discrete else "latents"
+        if field in s and s[field].shape[0] >= need and (not cfg.key or s["key"] == cfg.key):
+            if sample is None or s["key"] < sample["key"]:
+                sample = s
+            if cfg.key:
+                break
+    if sample is None:
+        what = f"clip {cfg.key!r}" if cfg.key else "clip"
+        raise ValueError(
+            f"no {cfg.split!r} {what} with >= {need} latent frames (context {cfg.context} + horizon "
+            f"{cfg.horizon}) in {cfg.shards}; lower context/horizon or pass other shards"
+        )
+    x, actions = world.prepare(sample)
+    x = world.slice(x, 0, need)
+    actions = None if actions is None else actions[:, :need]
+    ctx = world.slice(x, 0, cfg.context)
+    g = torch.Generator(device=world.device).manual_seed(cfg.seed)
+    pred = world.rollout(ctx, actions, cfg.horizon, g, cfg.sampling)
+    model = world.decode(world.cat(ctx, pred))[0].numpy()
+    n = source_frames(need, world.tau)
+    if cfg.clips:
+        truth = clip_frames_by_key(cfg.clips, cfg.split, {sample["key"]})[sample["key"]][:n].numpy()
+    else:
+        truth = world.decode(x)[0].numpy()
+    video = side_by_side(truth, model, source_frames(cfg.context, world.tau))
+    path = Path(cfg.output) / "rollout.mp4"
+    atomic_write_bytes(path, encode_mp4(video, fps=cfg.fps))
+    return path
+
+
+def cli(config_path: str, overrides: list[str]) -> int:
+    """``vidworld rollout jobs/rollout.yaml checkpoint=RUN tokenizer=TOK shards=LATENTS output=DIR``."""
+    cfg = load_config(RolloutConfig, config_path, overrides)
+    try:
+        path = rollout_video(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"vidworld rollout: {e}", file=sys.stderr)
+        return 1
+    print(path, flush=True)
+    return 0

@@ -1,0 +1,176 @@
+"""dynamics.evaluate: the compounding-error curve and action sensitivity (EVALUATION.md)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from dynamics.evaluate import ACTION_COLUMNS, EvaluateConfig, evaluate
+from dynamics.rollout import source_slice
+from tests.dynamics.eval_helpers import (
+    SPLITS,
+    CopyLastDynamics,
+    dyn_config,
+    fsq_oracle,
+    make_data,
+    oracle,
+    world,
+    write_run,
+)
+from tokenizer.evaluate import iter_split
+from tokenizer.metrics import psnr, to_uint8
+from vidworld.cli import main
+from vidworld.report import COMPOUNDING_COLUMNS
+from vidworld.tracking import WandbConfig
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    torch.set_num_threads(1)
+    return make_data(tmp_path_factory.mktemp("dyneval"))
+
+
+def _cfg(data, out, **kw) -> EvaluateConfig:
+    root = data["root"]
+    base = dict(
+        checkpoint="stub",
+        tokenizer=str(root / "tok"),
+        shards=str(root / "latents"),
+        clips=str(root / "clips"),
+        output=str(out),
+        context=2,
+        horizon=2,
+        wandb=WandbConfig(mode="disabled"),
+    )
+    base.update(kw)
+    return EvaluateConfig(**base)
+
+
+def _rows(path):
+    with open(path) as f:
+        r = csv.DictReader(f)
+        return r.fieldnames, [{k: float(v) for k, v in row.items()} for row in r]
+
+
+def test_csv_has_exactly_the_protocol_columns_and_one_row_per_horizon(data, tmp_path):
+    evaluate(_cfg(data, tmp_path, horizon=2), world(data, CopyLastDynamics()))
+    cols, rows = _rows(tmp_path / "compounding_error.csv")
+    assert tuple(cols) == COMPOUNDING_COLUMNS
+    assert [r["horizon"] for r in rows] == [1.0, 2.0]
+    cols, arows = _rows(tmp_path / "action_sensitivity.csv")
+    assert tuple(cols) == ACTION_COLUMNS and len(arows) == 2
+    assert (tmp_path / "compounding_error.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_perfect_model_reaches_the_tokenizer_ceiling_with_zero_latent_error(data, tmp_path):
+    res = evaluate(_cfg(data, tmp_path), oracle(data))
+    for r in res["rows"]:
+        assert r["model_psnr"] == pytest.approx(r["recon_psnr"], abs=1e-9)
+        assert r["model_latent_mse"] == 0.0
+        assert r["copy_last_latent_mse"] > 0
+    assert res["verdict"]["model_beats_copy_last_latent_mse"]
+
+
+def test_copy_last_model_equals_the_copy_last_recon_baseline(data, tmp_path):
+    res = evaluate(_cfg(data, tmp_path), world(data, CopyLastDynamics()))
+    for r in res["rows"]:
+        assert r["model_psnr"] == pytest.approx(r["copy_last_recon_psnr"], abs=1e-9)
+        assert r["model_latent_mse"] == pytest.approx(r["copy_last_latent_mse"], rel=1e-6)
+    assert not res["verdict"]["worth_something"]
+
+
+def test_recon_psnr_is_the_decoded_shard_latents_against_the_clip_with_latent_scale_undone(data, tmp_path):
+    cfg = _cfg(data, tmp_path, max_clips=1, horizon=1)
+    res = evaluate(cfg, oracle(data, dyn_config(latent_scale=3.0)))
+    (key,) = res["data"]["keys"]
+    (sample,) = [s for s in iter_split(cfg.shards, "heldout") if s["key"] == key]
+    z = sample["latents"].float().permute(1, 0, 2, 3)[None]  # [1, C, T', h, w]
+    with torch.no_grad():
+        recon = to_uint8(data["tok"].decode(z))[0]
+    truth = torch.from_numpy(data["clips"][key])
+    sl = source_slice(2, 4)  # horizon 1 after 2 context latent frames: source frames 5..8
+    assert res["rows"][0]["recon_psnr"] == pytest.approx(psnr(truth[sl], recon[sl]), abs=1e-9)
+    last = truth[4:5].expand(4, -1, -1, -1).contiguous()
+    assert res["rows"][0]["copy_last_psnr"] == pytest.approx(psnr(truth[sl], last), abs=1e-9)
+
+
+def test_only_heldout_clips_are_evaluated_and_recorded(data, tmp_path):
+    res = evaluate(_cfg(data, tmp_path, max_clips=10), world(data, CopyLastDynamics()))
+    info = json.loads((tmp_path / "eval.json").read_text())
+    heldout = {f"clip{i:03d}" for i, s in enumerate(SPLITS) if s == "heldout"}
+    assert set(info["data"]["keys"]) == heldout == set(res["data"]["keys"])
+    assert info["data"]["clips"] == 3 and info["data"]["resolution"] == "16x16"
+    assert info["checkpoint_step"] == 7 and info["tokenizer"] == "tok"
+    assert {"machine", "date", "verdict"} <= set(info)
+    assert set(info["verdict"]) >= {"worth_something", "tokenizer_limits"}
+
+
+def test_action_sensitivity_is_zero_when_the_model_ignores_actions(data, tmp_path):
+    res = evaluate(_cfg(data, tmp_path), world(data, CopyLastDynamics()))
+    assert [r["action_sensitivity_psnr"] for r in res["action_rows"]] == [0.0, 0.0]
+
+
+def test_action_sensitivity_is_positive_when_the_model_follows_actions(data, tmp_path):
+    res = evaluate(_cfg(data, tmp_path), oracle(data, follow_actions=True))
+    for r, a in zip(res["rows"], res["action_rows"], strict=True):
+        assert a["action_sensitivity_psnr"] > 0
+        assert a["action_sensitivity_psnr"] == pytest.approx(r["model_psnr"] - r["copy_last_recon_psnr"])
+
+
+def test_no_action_sensitivity_file_for_a_model_without_actions(data, tmp_path):
+    (tmp_path / "action_sensitivity.csv").write_text("stale")
+    res = evaluate(_cfg(data, tmp_path), world(data, CopyLastDynamics(), dyn_config(action_type="none")))
+    assert res["action_rows"] == [] and not (tmp_path / "action_sensitivity.csv").exists()
+    assert res["action_sensitivity"].startswith("skipped")
+
+
+def test_too_long_a_horizon_is_a_clear_error(data, tmp_path):
+    with pytest.raises(ValueError, match="latent frames"):
+        evaluate(_cfg(data, tmp_path, horizon=5), world(data, CopyLastDynamics()))
+
+
+@pytest.mark.integration
+def test_vidworld_evaluate_runs_a_trained_run_folder_and_logs_to_wandb_offline(data, tmp_path, capsys):
+    run = write_run(tmp_path / "run", dyn_config(), step=11)
+    root = data["root"]
+    rc = main(
+        [
+            "evaluate",
+            "jobs/evaluate.yaml",
+            f"checkpoint={run}",
+            f"tokenizer={root / 'tok'}",
+            f"shards={root / 'latents'}",
+            f"clips={root / 'clips'}",
+            f"output={tmp_path / 'eval'}",
+            "max_clips=2",
+            "device=cpu",
+        ]
+    )
+    assert rc == 0
+    cols, rows = _rows(tmp_path / "eval" / "compounding_error.csv")
+    assert tuple(cols) == COMPOUNDING_COLUMNS and len(rows) == 2
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["checkpoint_step"] == 11
+    assert (tmp_path / "eval" / "rollout.mp4").is_file()
+    assert list((tmp_path / "eval" / "wandb").glob("offline-run-*"))
+    assert "verdict" in capsys.readouterr().out
+
+
+def test_perfect_model_over_fsq_indices_reaches_the_ceiling(tmp_path):
+    w = fsq_oracle(tmp_path)
+    cfg = EvaluateConfig(
+        checkpoint="stub",
+        tokenizer=str(tmp_path / "tok"),
+        shards=str(tmp_path / "latents"),
+        clips=str(tmp_path / "clips"),
+        output=str(tmp_path / "eval"),
+        max_clips=2,
+        wandb=WandbConfig(mode="disabled"),
+    )
+    res = evaluate(cfg, w)
+    for r in res["rows"]:
+        assert r["model_psnr"] == pytest.approx(r["recon_psnr"], abs=1e-9)
+        assert r["model_latent_mse"] == 0.0
+    assert res["head"] == "maskgit"

@@ -1,0 +1,99 @@
+"""tokenizer.evaluate: reconstruction PSNR/SSIM on held-out clips, metrics.json and recon.mp4."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.video import decode_mp4
+from tests.tokenizer.eval_fixtures import write_clip_shards
+from tests.tokenizer.helpers import randomized, tiny_config
+from tokenizer import save_tokenizer
+from tokenizer.evaluate import evaluate_tokenizer, select_samples
+from tokenizer.metrics import psnr, ssim, to_uint8
+from tokenizer.tokenize import frames_to_video
+
+SPLITS = ["train", "heldout", "train", "heldout", "heldout"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tokeval")
+    clips = write_clip_shards(root / "clips", SPLITS, frames=9, size=16)
+    return root, clips
+
+
+def _export(root, bottleneck="gaussian"):
+    cfg = tiny_config(bottleneck=bottleneck)
+    tok = randomized(cfg, seed=3)
+    save_tokenizer(tok, cfg, root / f"tok-{bottleneck}")
+    return root / f"tok-{bottleneck}", tok
+
+
+def test_recon_psnr_equals_psnr_computed_by_hand_on_one_clip(data, tmp_path):
+    root, clips = data
+    path, tok = _export(tmp_path)
+    m = evaluate_tokenizer(path, str(root / "clips"), tmp_path / "eval", max_clips=1)
+    (key,) = m["keys"]
+    frames = torch.from_numpy(clips[key])
+    with torch.no_grad():
+        recon = to_uint8(tok.decode(tok.encode(frames_to_video(frames[None]))))[0]
+    assert m["recon_psnr"] == pytest.approx(psnr(frames, recon), abs=1e-6)
+    assert m["recon_ssim"] == pytest.approx(ssim(frames, recon), abs=1e-6)
+    assert m["resolution"] == "16x16" and m["clips"] == 1
+
+
+def test_metrics_json_names_heldout_clips_only_and_its_provenance(data, tmp_path):
+    root, _ = data
+    path, _ = _export(tmp_path)
+    evaluate_tokenizer(path, str(root / "clips"), tmp_path / "eval", max_clips=10)
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    heldout = {f"clip{i:03d}" for i, s in enumerate(SPLITS) if s == "heldout"}
+    assert set(m["keys"]) == heldout and m["clips"] == 3 and m["split"] == "heldout"
+    for k in ("recon_psnr", "recon_ssim", "resolution", "tokenizer", "step", "date", "machine"):
+        assert k in m
+    assert 0 < m["recon_psnr"] < 100 and -1 <= m["recon_ssim"] <= 1
+
+
+def test_recon_video_is_original_beside_reconstruction(data, tmp_path):
+    root, clips = data
+    path, _ = _export(tmp_path)
+    m = evaluate_tokenizer(path, str(root / "clips"), tmp_path / "eval", max_clips=3, video_clips=2)
+    video = decode_mp4(tmp_path / "eval" / "recon.mp4")
+    assert video.shape == (2 * 9, 16, 32, 3)
+    # Left half is the original clip (through H.264 once more).
+    first = clips[m["keys"][0]]
+    assert np.abs(video[:9, :, :16].astype(int) - first.astype(int)).mean() < 6
+
+
+def test_fsq_tokenizer_reports_codebook_usage(data, tmp_path):
+    root, _ = data
+    path, _ = _export(tmp_path, "fsq")
+    m = evaluate_tokenizer(path, str(root / "clips"), tmp_path / "eval", max_clips=2)
+    assert 0 < m["codebook_usage"] <= 1 and m["codebook_perplexity"] >= 1
+
+
+def test_clip_choice_depends_on_seed_and_keys_not_order():
+    samples = [{"key": f"k{i}"} for i in range(20)]
+    a = [s["key"] for s in select_samples(iter(samples), 5, seed=0)]
+    b = [s["key"] for s in select_samples(iter(samples[::-1]), 5, seed=0)]
+    c = [s["key"] for s in select_samples(iter(samples), 5, seed=1)]
+    assert a == b and len(set(a)) == 5 and a != c
+
+
+def test_no_heldout_clips_is_a_clear_error(tmp_path):
+    write_clip_shards(tmp_path / "clips", ["train", "train"])
+    path, _ = _export(tmp_path)
+    with pytest.raises(ValueError, match="no 'heldout' clips"):
+        evaluate_tokenizer(path, str(tmp_path / "clips"), tmp_path / "eval")
