@@ -376,8 +376,15 @@ def pack(
                     "(worker crash or out of memory); rerun the same command to retry it",
                 )
             )
-    ok_sources = [row["source"] for row, _ in staged.values() if row["status"] == "ok"]
-    splits = assign_splits(ok_sources, cfg.heldout_fraction, cfg.seed)
+    # Split videos with actions and videos without separately, so that an action-conditioned model
+    # always has held-out videos with actions to be evaluated on (and the tokenizer both kinds).
+    groups: dict[bool, list[str]] = {True: [], False: []}
+    for row, clips in staged.values():
+        if row["status"] == "ok":
+            groups[any("actions.npy" in members for _, members in clips)].append(row["source"])
+    splits = {}
+    for sources in groups.values():
+        splits.update(assign_splits(sources, cfg.heldout_fraction, cfg.seed))
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     _clean_temporaries(shard_dir)

@@ -256,6 +256,17 @@ def test_clips_of_one_source_share_one_split_and_some_source_is_held_out(curated
     assert "heldout" in splits and "train" in splits
 
 
+def test_videos_with_actions_are_split_on_their_own_so_some_are_held_out(curated):
+    """An action-conditioned model needs held-out videos with actions, whatever the hash gives."""
+    with_actions: dict[str, str] = {}
+    for _, members in _clips(curated):
+        if "actions.npy" in members:
+            meta = json.loads(members["json"])
+            with_actions[meta["source_id"]] = meta["split"]
+    assert len(with_actions) >= 2
+    assert sorted(set(with_actions.values())) == ["heldout", "train"]
+
+
 def test_split_assignment_is_stable_and_holds_out_at_least_one_of_two_sources():
     sources = [f"v{i}.mp4" for i in range(200)]
     split = assign_splits(sources, 0.2)
