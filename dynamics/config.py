@@ -1,0 +1,129 @@
+"""``DynamicsConfig``: every knob of the dynamics transformer and its two heads.
+
+Defaults are the tiny CPU case (a few thousand parameters' worth of work per step);
+``DynamicsConfig.preset("100m")`` gives the ~100M-parameter GPU benchmark model
+(16 latent frames of 32x32 latents, patch 2 -> 256 tokens per frame, 4096 per clip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+HEADS = ("diffusion", "maskgit")
+ACTION_TYPES = ("none", "discrete", "continuous")
+ACTION_INJECTIONS = ("adaln", "add")
+BACKENDS = ("auto", "math", "sdpa", "flex", "flash-attn")
+PREDICTIONS = ("v", "x0")
+SAMPLERS = ("euler", "heun")
+
+
+@dataclass
+class DynamicsConfig:
+    """The ``model:`` section of a dynamics training YAML.
+
+    Latent geometry comes from the tokenizer's interface: ``latent_channels`` (continuous
+    latents ``[B, C, T, h, w]``) or ``codebook_size`` (discrete FSQ indices ``[B, T, h, w]``),
+    and ``latent_height`` x ``latent_width``. ``max_frames`` bounds the clip length the
+    model is trained on (rollouts may go past it: rotary positions extrapolate).
+    """
+
+    head: str = "diffusion"  # "diffusion" (continuous latents) or "maskgit" (discrete FSQ indices)
+    latent_channels: int = 4
+    codebook_size: int = 64
+    latent_height: int = 8
+    latent_width: int = 8
+    max_frames: int = 4
+    patch_size: int = 2
+
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    # Factorized: alternate spatial (within-frame) and temporal (per-position, causal) blocks;
+    # attention cost grows with T*N^2 + N*T^2 instead of (T*N)^2, for long clips.
+    factorized: bool = False
+    attention_backend: str = "auto"  # auto | math | sdpa | flex | flash-attn
+
+    # Actions, one per latent frame: actions[:, t] is the action that led to frame t.
+    action_type: str = "discrete"  # none | discrete | continuous
+    num_actions: int = 4  # discrete: vocabulary size (index num_actions is reserved for "no action")
+    action_dim: int = 0  # continuous: features per action
+    # add: the action embedding is added to every token of its frame (Genie's choice; on the
+    # dot-world test it is learned in far fewer steps than adaln); adaln: it joins the
+    # per-frame adaptive-layer-norm conditioning of every block instead.
+    action_injection: str = "add"
+
+    # The tokenizer seam (from tokenizer.interface), used by DynamicsTask on latent shards:
+    # source frames per latent frame after the first, and a factor that brings continuous
+    # latents to about unit variance (diffusion noise is unit variance).
+    temporal_compression: int = 1
+    latent_scale: float = 1.0
+
+    # Diffusion head (flow matching: x_s = (1 - s) x0 + s eps, s in [0, 1]).
+    prediction: str = "v"  # v (= eps - x0) or x0
+    sampler: str = "euler"  # euler (deterministic; equals DDIM on this schedule) | heun
+    sampling_steps: int = 10
+    # Shift of the noise-level schedule towards high noise (SD3 "timestep shift"); 1 = uniform.
+    schedule_shift: float = 1.0
+
+    # MaskGIT head.
+    maskgit_steps: int = 4
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k truncation
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("head", HEADS),
+            ("action_type", ACTION_TYPES),
+            ("action_injection", ACTION_INJECTIONS),
+            ("attention_backend", BACKENDS),
+            ("prediction", PREDICTIONS),
+            ("sampler", SAMPLERS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"DynamicsConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if self.dim % self.heads:
+            raise ValueError(f"DynamicsConfig.dim={self.dim} must be divisible by heads={self.heads}")
+        if (self.dim // self.heads) % 2:
+            raise ValueError(
+                f"head dim dim/heads={self.dim // self.heads} must be even for rotary embeddings"
+            )
+        for name in ("latent_height", "latent_width"):
+            if getattr(self, name) % self.patch_size:
+                raise ValueError(
+                    f"DynamicsConfig.{name}={getattr(self, name)} is not a multiple of patch_size="
+                    f"{self.patch_size}; pick a patch size that divides the latent grid"
+                )
+        if self.action_type == "continuous" and self.action_dim <= 0:
+            raise ValueError("DynamicsConfig.action_type='continuous' needs action_dim > 0")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.latent_height // self.patch_size) * (self.latent_width // self.patch_size)
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.head == "maskgit"
+
+    @classmethod
+    def preset(cls, name: str, **overrides: object) -> DynamicsConfig:
+        """Named sizes: ``tiny`` (CPU tests), ``small`` (CPU benchmark), ``100m`` (GPU benchmark)."""
+        presets: dict[str, dict[str, object]] = {
+            "tiny": {},
+            "small": dict(dim=256, depth=4, heads=4, latent_height=16, latent_width=16, max_frames=8),
+            # ~100M parameters (checked by a test): 16 frames of 32x32 latents, patch 2.
+            "100m": dict(
+                dim=768,
+                depth=10,
+                heads=12,
+                latent_channels=16,
+                latent_height=32,
+                latent_width=32,
+                max_frames=16,
+                codebook_size=1000,
+            ),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown DynamicsConfig preset {name!r}; choose one of {sorted(presets)}")
+        return dataclasses.replace(cls(), **{**presets[name], **overrides})

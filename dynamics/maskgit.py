@@ -1,0 +1,159 @@
+"""Autoregressive dynamics over discrete FSQ indices: frame by frame, MaskGIT inside a frame.
+
+Training (as in Genie): every frame gets its own mask ratio ``r = cos(pi/2 * u)``,
+``u ~ U(0, 1)``; masked positions are replaced by a ``[MASK]`` token and the model predicts
+them (cross-entropy on masked positions only) through frame-causal attention, so it learns to
+fill in frame ``t`` from any partly revealed version of it and its past.
+
+Sampling: past frames are fully revealed (and read from the KV cache). A new frame starts all
+masked; in each of ``maskgit_steps`` steps every masked position is sampled (temperature,
+top-k), the most confident samples are kept and the rest masked again, following the cosine
+schedule, until the last step reveals everything.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dynamics.config import DynamicsConfig
+from dynamics.transformer import DynamicsTransformer, KVCache, check_rollout_actions, frame_slice
+
+
+class MaskGITDynamics(nn.Module):
+    """Next-frame prediction over indices ``[B, T, h, w]`` (long, ``0..codebook_size-1``)."""
+
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.mask_id = cfg.codebook_size
+        self.token_embed = nn.Embedding(cfg.codebook_size + 1, cfg.dim)
+        self.backbone = DynamicsTransformer(cfg, cfg.dim, cfg.codebook_size)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks, for per-block activation checkpointing by the runtime."""
+        return self.backbone.blocks
+
+    def forward(self, indices: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
+        """The training loss (see ``loss``): a wrapped model (DeepSpeed) is called like this."""
+        return self.loss(indices, actions)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        self.backbone.init_weights()
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+
+    def flops_per_sample(self, frames: int | None = None) -> float:
+        """Training FLOPs per clip (see ``DynamicsTransformer.flops_per_sample``)."""
+        return self.backbone.flops_per_sample(frames or self.cfg.max_frames)
+
+    def _check(self, indices: Tensor, name: str) -> None:
+        k = self.cfg.codebook_size
+        if indices.dim() != 4 or indices.dtype != torch.long:
+            raise ValueError(
+                f"{name} must be long [B, T, h, w] FSQ indices, got {tuple(indices.shape)} {indices.dtype}"
+            )
+        # Value range checked on CPU only (on a GPU it would cost a host sync every step).
+        if indices.device.type == "cpu" and indices.numel() and (indices.min() < 0 or indices.max() >= k):
+            raise ValueError(
+                f"{name} hold values outside [0, codebook_size={k}); set codebook_size to the tokenizer's"
+            )
+
+    def logits(
+        self,
+        tokens: Tensor,
+        actions: Tensor | None,
+        cache: KVCache | None = None,
+        write_cache: bool = False,
+    ) -> Tensor:
+        """Tokens ``[B, T, h, w]`` (``mask_id`` where hidden) -> logits ``[B, T, h, w, K]``."""
+        return self.backbone(self.token_embed(tokens), actions, None, cache, write_cache)
+
+    def loss(self, indices: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
+        """Masked-token cross-entropy for ``indices`` ``[B, T, h, w]``; ``loss`` and ``masked_accuracy``."""
+        self._check(indices, "indices")
+        b, t = indices.shape[:2]
+        ratio = torch.cos(0.5 * math.pi * torch.rand(b, t, 1, 1, device=indices.device))
+        masked = torch.rand(indices.shape, device=indices.device) < ratio
+        logits = self.logits(torch.where(masked, self.mask_id, indices), actions)
+        ce = F.cross_entropy(logits.float().flatten(0, 3), indices.flatten(), reduction="none")
+        w = masked.flatten().float()
+        count = w.sum().clamp_min(1.0)
+        acc = ((logits.argmax(-1) == indices).flatten().float() * w).sum() / count
+        return {"loss": (ce * w).sum() / count, "masked_accuracy": acc.detach()}
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        context: Tensor,
+        actions: Tensor | None,
+        horizon: int,
+        steps: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Generate ``horizon`` frames after ``context`` ``[B, Tc, h, w]`` -> ``[B, horizon, h, w]``.
+
+        ``actions`` ``[B, Tc + horizon]``. ``temperature=0`` picks the most likely token
+        (deterministic); otherwise tokens are drawn with ``generator``. ``use_cache=False``
+        reruns the whole past at every step (same result, for testing and comparison).
+        """
+        self._check(context, "context")
+        cfg = self.cfg
+        steps = steps or cfg.maskgit_steps
+        temperature = cfg.temperature if temperature is None else temperature
+        top_k = cfg.top_k if top_k is None else top_k
+        b, tc, h, w = context.shape
+        check_rollout_actions(actions, b, tc + horizon)
+        frames = context
+        cache = KVCache() if use_cache else None
+        if cache is not None:
+            self.logits(frames, frame_slice(actions, 0, tc), cache, True)
+        n = h * w
+        for i in range(horizon):
+            t = tc + i
+            cur = torch.full((b, 1, h, w), self.mask_id, dtype=torch.long, device=context.device)
+            for j in range(steps):
+                if cache is not None:
+                    logits = self.logits(cur, frame_slice(actions, t, t + 1), cache)
+                else:
+                    logits = self.logits(torch.cat([frames, cur], 1), frame_slice(actions, 0, t + 1))[:, -1:]
+                sampled, conf = _sample(logits.float().flatten(1, 3), temperature, top_k, generator)
+                hidden = cur.flatten(1) == self.mask_id
+                cur_flat = torch.where(hidden, sampled, cur.flatten(1))
+                # Positions revealed earlier are never hidden again.
+                conf = torch.where(hidden, conf, torch.full_like(conf, float("inf")))
+                keep_hidden = int(math.floor(n * math.cos(0.5 * math.pi * (j + 1) / steps)))
+                if keep_hidden > 0:
+                    lowest = conf.topk(keep_hidden, dim=1, largest=False).indices
+                    cur_flat = cur_flat.scatter(1, lowest, self.mask_id)
+                cur = cur_flat.view(b, 1, h, w)
+            frames = torch.cat([frames, cur], dim=1)
+            if cache is not None and i + 1 < horizon:
+                self.logits(cur, frame_slice(actions, t, t + 1), cache, True)
+        return frames[:, tc:]
+
+
+def _sample(
+    logits: Tensor,
+    temperature: float,
+    top_k: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """Logits ``[B, L, K]`` -> (tokens ``[B, L]``, their probabilities ``[B, L]``)."""
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if temperature <= 0:
+        tokens = logits.argmax(-1)
+        probs = logits.softmax(-1)
+    else:
+        probs = (logits / temperature).softmax(-1)
+        tokens = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(probs.shape[:2])
+    return tokens, probs.gather(-1, tokens[..., None])[..., 0]

@@ -1,0 +1,173 @@
+"""``DynamicsTask``: the dynamics model's side of the training runtime (``task: dynamics``).
+
+It trains on *latent shards*: WebDataset samples written by the tokenizer stage with
+
+    KEY.latents.npy   float16/32 [T', C, h, w]   continuous latents (head: diffusion), or
+    KEY.indices.npy   int        [T', h, w]      FSQ indices (head: maskgit)
+    KEY.actions.npy   [T] or [T, A]              the source clip's per-frame actions (optional)
+
+Actions to latent frames. The source convention (``pipeline.samples``) is that ``actions[j]``
+is taken at source frame ``j`` and its result is frame ``j + 1``. With temporal compression
+``tau``, latent frame ``i > 0`` covers source frames ``1 + (i-1) tau .. i tau``; the actions that
+produced them are ``actions[(i-1) tau .. i tau - 1]``. All ``tau`` of them are given to the model
+for that frame (their embeddings are summed, so a held or a changed action both show), shaped
+``[B, T', tau]``. Latent frame 0 (the first source frame alone) has no action in the clip: it
+gets the reserved "no action" index ``num_actions`` (zeros for continuous actions).
+
+Clips longer than ``max_frames`` latent frames are cut to a random window of ``max_frames``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dynamics import build_dynamics
+from dynamics.config import DynamicsConfig
+from pipeline.loader import ClipLoader, make_loader
+
+
+def group_actions(actions: Tensor, latent_frames: int, tau: int, no_action: int | None) -> Tensor:
+    """Source actions ``[B, T]`` (or ``[B, T, A]``) -> per-latent-frame groups ``[B, T', tau(, A)]``.
+
+    ``no_action`` fills latent frame 0 for discrete actions (continuous ones get zeros).
+    """
+    need = 1 + (latent_frames - 1) * tau
+    if actions.shape[1] < need - 1:
+        raise ValueError(
+            f"actions cover {actions.shape[1]} source frames but {latent_frames} latent frames at "
+            f"temporal_compression={tau} need {need - 1} (one per source frame after the first); "
+            "check model.temporal_compression against the tokenizer"
+        )
+    body = actions[:, : need - 1].reshape(actions.shape[0], latent_frames - 1, tau, *actions.shape[2:])
+    if actions.is_floating_point():
+        first = torch.zeros_like(body[:, :1])
+    else:
+        first = torch.full_like(body[:, :1], int(no_action if no_action is not None else 0))
+    return torch.cat([first, body], dim=1)
+
+
+class DynamicsTask:
+    """The ``Task`` of the dynamics model (see ``vidworld.task.Task``)."""
+
+    config_class: ClassVar[type] = DynamicsConfig
+
+    def __init__(self, model_cfg: DynamicsConfig, train_cfg: Any) -> None:
+        self.cfg = model_cfg
+        self.data_cfg = train_cfg.data
+        self._loader: ClipLoader | None = None
+        self._meta = build_dynamics(model_cfg, device=None)  # for counting FLOPs only
+
+    def build_model(self) -> nn.Module:
+        return build_dynamics(self.cfg, device="cpu")
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.blocks)
+
+    # -- data --------------------------------------------------------------------------------
+    def prepare(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor | None]:
+        """A loader batch -> ``{"x": latents [B, C, T, h, w] or indices [B, T, h, w], "actions": ...}``."""
+        cfg = self.cfg
+        field = "indices" if cfg.is_discrete else "latents"
+        x = batch.get(field)
+        if not isinstance(x, Tensor):
+            raise ValueError(
+                f"head={cfg.head} trains on KEY.{field}.npy members but the batch has none (fields: "
+                f"{sorted(k for k, v in batch.items() if v is not None)}); point data.shards at the "
+                "tokenizer's latent shards or pick the other head"
+            )
+        t = x.shape[1]
+        actions = None
+        if cfg.action_type != "none":
+            if not isinstance(batch.get("actions"), Tensor):
+                raise ValueError(
+                    f"model.action_type={cfg.action_type} but the shards have no KEY.actions.npy; "
+                    "set model.action_type=none to train without actions"
+                )
+            actions = group_actions(batch["actions"], t, cfg.temporal_compression, cfg.num_actions)
+        start = 0
+        if t > cfg.max_frames:
+            start = int(torch.randint(0, t - cfg.max_frames + 1, (1,), generator=generator))
+        end = start + min(t, cfg.max_frames)
+        x = x[:, start:end]
+        if cfg.is_discrete:
+            x = x.long()
+        else:
+            x = (x.float() * cfg.latent_scale).permute(0, 2, 1, 3, 4)  # [B, C, T, h, w]
+        return {"x": x, "actions": None if actions is None else actions[:, start:end]}
+
+    def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
+        self._loader = make_loader(self.data_cfg, rank, world_size, seed, state)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+        while True:
+            for batch in self._loader:
+                yield self.prepare(batch, generator)
+
+    def loader_state(self) -> dict:
+        return self._loader.state_dict() if self._loader is not None else {}
+
+    # -- training ----------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
+        p = next(iter(model.parameters()))
+        x = batch["x"].to(p.device)
+        if x.is_floating_point():
+            x = x.to(p.dtype)
+        actions = batch["actions"]
+        if actions is not None:
+            actions = actions.to(p.device)
+            if actions.is_floating_point():
+                actions = actions.to(p.dtype)
+        return model(x, actions)
+
+    def flops_per_sample(self) -> float:
+        return self._meta.flops_per_sample(self.cfg.max_frames)
+
+    def tokens_per_sample(self) -> int:
+        return self.cfg.max_frames * self.cfg.tokens_per_frame
+
+    def eval_media(self, model: nn.Module, batch: Any) -> dict[str, Any]:
+        """Open-loop rollout of the second half of each clip from its first half (latent metrics).
+
+        ``eval/model_error`` (latent MSE, or token error rate for maskgit) against
+        ``eval/copy_last_error`` (repeat the last context frame) and, with actions and more than
+        one clip, ``eval/shuffled_actions_error`` (the same rollout under another clip's actions).
+        Videos need the tokenizer's decoder and are not made here.
+        """
+        module = getattr(model, "module", model)
+        p = next(iter(module.parameters()))
+        x, actions = batch["x"].to(p.device), batch["actions"]
+        actions = None if actions is None else actions.to(p.device)
+        discrete = self.cfg.is_discrete
+        t = x.shape[1] if discrete else x.shape[2]
+        if t < 2:
+            return {}
+        ctx_len = max(1, t // 2)
+        horizon = t - ctx_len
+        if discrete:
+            context, truth = x[:, :ctx_len], x[:, ctx_len:]
+            last = context[:, -1:].expand_as(truth)
+            err = lambda pred: float((pred != truth).float().mean())  # noqa: E731
+        else:
+            x = x.to(p.dtype)
+            context, truth = x[:, :, :ctx_len], x[:, :, ctx_len:]
+            last = context[:, :, -1:].expand_as(truth)
+            err = lambda pred: float(((pred.float() - truth.float()) ** 2).mean())  # noqa: E731
+
+        def roll(a: Tensor | None) -> Tensor:
+            g = torch.Generator(device=p.device).manual_seed(0)
+            return module.rollout(context, a, horizon, generator=g)
+
+        was_training = module.training
+        module.eval()
+        try:
+            out = {"eval/model_error": err(roll(actions)), "eval/copy_last_error": err(last)}
+            if actions is not None and x.shape[0] > 1:
+                out["eval/shuffled_actions_error"] = err(roll(torch.roll(actions, 1, dims=0)))
+        finally:
+            module.train(was_training)
+        return out

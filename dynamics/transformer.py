@@ -1,0 +1,346 @@
+"""The frame-causal transformer backbone shared by both dynamics heads.
+
+Latent frames ``[B, T, h, w, F]`` (``F`` features per latent position) are cut into
+``patch_size x patch_size`` patches, one token each (``N = (h/p) * (w/p)`` tokens per frame).
+Blocks attend frame-causally (full within a frame, causal across frames) with 3D rotary
+positions, and are modulated per frame by adaptive layer norm (adaLN-Zero, as in DiT) from a
+conditioning vector: whatever the head adds (the diffusion noise level), plus the frame's action
+embedding when ``action_injection="adaln"``; with ``"add"`` (the default) the action embedding
+is added to every token of its frame instead. ``KVCache`` keeps keys and values of past
+frames so a rollout only runs the new frame through the network.
+
+``model.blocks`` is a plain ``nn.ModuleList``: the runtime wraps each block for activation
+checkpointing from outside. Nothing here knows about devices or distribution.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dynamics.attention import FrameCausalMask, attention, resolve_backend
+from dynamics.config import DynamicsConfig
+from dynamics.rope import apply_rope, rope_angles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the frames seen so far, one entry per attention layer.
+
+    ``frames`` is how many latent frames are stored. Spatial blocks of a factorized model
+    need no cache (they only look inside the current frame) and keep ``None``.
+    """
+
+    frames: int = 0
+    layers: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with QK RMS-norm (keeps bf16 logits tame) and rotary positions."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: FrameCausalMask | None,
+        backend: str,
+        past: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``x`` ``[B', L, D]`` -> (``[B', L, D]``, this layer's keys/values incl. ``past``)."""
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # Weights cast to the activations' dtype: under autocast the fused RMSNorm kernel needs both alike.
+        hd = (self.head_dim,)
+        q = apply_rope(F.rms_norm(q, hd, self.q_norm.weight.to(q.dtype), self.q_norm.eps), cos, sin)
+        k = apply_rope(F.rms_norm(k, hd, self.k_norm.weight.to(k.dtype), self.k_norm.eps), cos, sin)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        out = attention(q, k, v, mask, backend)
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1)), (k, v)
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block with adaLN-Zero modulation per frame.
+
+    ``kind``: ``full`` (all tokens of all frames, frame-causal), ``spatial`` (tokens of one
+    frame) or ``temporal`` (one spatial position across frames, causal).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, kind: str = "full") -> None:
+        super().__init__()
+        self.kind = kind
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.modulation = nn.Linear(dim, 6 * dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        cond: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        backend: str,
+        mask: FrameCausalMask | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        write_cache: bool = False,
+    ) -> Tensor:
+        """``x`` ``[B, T, N, D]``, ``cond`` ``[B, T, D]``, ``cos``/``sin`` ``[T, N, d/2]`` -> like ``x``.
+
+        ``mask``: the frame-causal mask in this block's token layout (None: see every key).
+        """
+        mods = self.modulation(F.silu(cond))[:, :, None].chunk(6, dim=-1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        h = self.norm1(x) * (1 + scale1) + shift1
+        x = x + gate1 * self._attend(h, cos, sin, backend, mask, cache, layer, write_cache)
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + gate2 * self.mlp(h)
+
+    def _attend(
+        self,
+        h: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        backend: str,
+        mask: FrameCausalMask | None,
+        cache: KVCache | None,
+        layer: int,
+        write_cache: bool,
+    ) -> Tensor:
+        b, t, n, d = h.shape
+        if self.kind == "spatial":
+            seq = h.reshape(b * t, n, d)
+            c, s = (a.unsqueeze(0).expand(b, -1, -1, -1).reshape(b * t, 1, n, -1) for a in (cos, sin))
+            out, _ = self.attn(seq, c, s, None, backend)
+            return out.view(b, t, n, d)
+        if self.kind == "temporal":
+            seq = h.transpose(1, 2).reshape(b * n, t, d)
+            c, s = (
+                a.transpose(0, 1).unsqueeze(0).expand(b, -1, -1, -1).reshape(b * n, 1, t, -1)
+                for a in (cos, sin)
+            )
+        else:
+            seq = h.reshape(b, t * n, d)
+            c, s = (a.reshape(1, 1, t * n, -1) for a in (cos, sin))
+        past = cache.layers.get(layer) if cache is not None else None
+        out, kv = self.attn(seq, c, s, mask, backend, past)
+        if cache is not None and write_cache:
+            cache.layers[layer] = kv
+        if self.kind == "temporal":
+            return out.view(b, n, t, d).transpose(1, 2)
+        return out.view(b, t, n, d)
+
+
+class DynamicsTransformer(nn.Module):
+    """Patchify -> frame-causal blocks -> unpatchify, conditioned per frame on actions.
+
+    ``in_features`` / ``out_features``: features per latent position going in and out
+    (latent channels for the diffusion head; an embedding width in and codebook logits out
+    for the MaskGIT head).
+    """
+
+    def __init__(self, cfg: DynamicsConfig, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        p, d = cfg.patch_size, cfg.dim
+        self.in_features, self.out_features = in_features, out_features
+        self.patch_in = nn.Linear(in_features * p * p, d)
+        kinds = ["spatial", "temporal"] if cfg.factorized else ["full"]
+        # Kept here too: the runtime may replace blocks by wrappers (activation checkpointing).
+        self.block_kinds = [kinds[i % len(kinds)] for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio, k) for k in self.block_kinds)
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.out_modulation = nn.Linear(d, 2 * d)
+        self.patch_out = nn.Linear(d, out_features * p * p)
+        if cfg.action_type == "discrete":
+            # One extra row: index num_actions is "no action" (e.g. the first frame of a clip).
+            self.action_embed: nn.Module | None = nn.Embedding(cfg.num_actions + 1, d)
+        elif cfg.action_type == "continuous":
+            self.action_embed = nn.Linear(cfg.action_dim, d)
+        else:
+            self.action_embed = None
+        self._backend: str | None = None  # resolved on the first forward (the device is known then)
+
+    # -- set-up -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter in place (after ``to_empty()`` from the meta device)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+            elif isinstance(m, nn.RMSNorm):
+                nn.init.ones_(m.weight)
+        # adaLN-Zero: every block starts as the identity, the output starts at zero.
+        for blk in self.blocks:
+            nn.init.zeros_(blk.modulation.weight)
+            nn.init.zeros_(blk.modulation.bias)
+        for m in (self.out_modulation, self.patch_out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def backend(self) -> str:
+        return self._backend or self.cfg.attention_backend
+
+    def set_backend(self, name: str, device: torch.device | str) -> None:
+        """Choose the attention backend (validated for ``device``) and log it once."""
+        self._backend = resolve_backend(name, device)
+        log.info("dynamics attention backend: %s (requested %s, device %s)", self._backend, name, device)
+
+    # -- forward ------------------------------------------------------------------------------
+    def embed_actions(self, actions: Tensor | None, batch: int, frames: int) -> Tensor | None:
+        """Per-frame action embedding ``[B, T, D]`` (or None when the model takes no actions).
+
+        Discrete actions: long ``[B, T]`` in ``0..num_actions`` (``num_actions`` itself means "no
+        action", e.g. for the first frame of a clip), or ``[B, T, k]`` when ``k`` source actions
+        fall in one latent frame (their embeddings are summed). Continuous: ``[B, T, A]`` or
+        ``[B, T, k, A]``, likewise.
+        """
+        cfg = self.cfg
+        if self.action_embed is None:
+            return None
+        if actions is None:
+            raise ValueError(f"this model takes {cfg.action_type} actions (action_type); pass actions [B, T]")
+        item = () if cfg.action_type == "discrete" else (cfg.action_dim,)
+        shape = tuple(actions.shape)
+        grouped = len(shape) == 3 + len(item) and shape[3:] == item
+        if shape[:2] != (batch, frames) or not (shape[2:] == item or grouped):
+            raise ValueError(
+                f"actions have shape {shape}, expected {(batch, frames, *item)} (one per latent frame) "
+                f"or {(batch, frames, 'k', *item)} (k per latent frame)"
+            )
+        if cfg.action_type == "discrete":
+            # The range check reads values, a host sync per step on a GPU: only done on CPU, where
+            # an out-of-range index would otherwise be a bare IndexError (CUDA asserts on its own).
+            bad_range = actions.device.type == "cpu" and (
+                actions.min() < 0 or actions.max() > cfg.num_actions
+            )
+            if actions.is_floating_point() or bad_range:
+                raise ValueError(
+                    f"discrete actions must be integers in [0, num_actions={cfg.num_actions}] "
+                    f"({cfg.num_actions} = no action); set num_actions to the environment's action count"
+                )
+            emb = self.action_embed(actions.long())
+        else:
+            emb = self.action_embed(actions.to(self.patch_in.weight.dtype))
+        return emb.sum(dim=2) if emb.dim() == 4 else emb
+
+    def forward(
+        self,
+        x: Tensor,
+        actions: Tensor | None = None,
+        cond: Tensor | None = None,
+        cache: KVCache | None = None,
+        write_cache: bool = False,
+    ) -> Tensor:
+        """``x`` ``[B, T, h, w, F_in]`` -> ``[B, T, h, w, F_out]``.
+
+        ``actions``: ``[B, T]`` long or ``[B, T, A]`` float, the action that led to each frame
+        (or ``[B, T, k(, A)]``: ``k`` actions per frame, summed; see ``embed_actions``).
+        ``cond``: extra per-frame conditioning ``[B, T, D]`` (e.g. noise level). With ``cache``
+        the ``T`` frames follow the cached ones; ``write_cache`` appends them to it.
+        """
+        cfg, p = self.cfg, self.cfg.patch_size
+        b, t, h, w, f = x.shape
+        if f != self.in_features or h % p or w % p:
+            raise ValueError(
+                f"input has shape {tuple(x.shape)}; expected [B, T, h, w, {self.in_features}] with h, w "
+                f"multiples of patch_size={p}"
+            )
+        if self._backend is None:
+            self.set_backend(cfg.attention_backend, x.device)
+        gh, gw = h // p, w // p
+        tokens = (
+            x.reshape(b, t, gh, p, gw, p, f).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, t, gh * gw, p * p * f)
+        )
+        tokens = self.patch_in(tokens)
+        act = self.embed_actions(actions, b, t)
+        c = torch.zeros(b, t, cfg.dim, device=x.device, dtype=tokens.dtype) if cond is None else cond
+        if act is not None:
+            if cfg.action_injection == "add":
+                tokens = tokens + act[:, :, None]
+            else:
+                c = c + act
+        offset = cache.frames if cache is not None else 0
+        cos, sin = rope_angles(t, gh, gw, cfg.dim // cfg.heads, offset, device=x.device)
+        # Masks are built once per forward and shared by the blocks (FlexAttention's block mask
+        # and the dense mask are memoised on the mask object). One new frame needs none.
+        n, past = gh * gw, offset
+        masks = {
+            "full": None if t == 1 else FrameCausalMask(t * n, (past + t) * n, n, past),
+            "temporal": None if t == 1 else FrameCausalMask(t, past + t, 1, past),
+            "spatial": None,
+        }
+        for i, blk in enumerate(self.blocks):
+            mask = masks[self.block_kinds[i]]
+            tokens = blk(tokens, c, cos, sin, self.backend, mask, cache, i, write_cache)
+        shift, scale = self.out_modulation(F.silu(c))[:, :, None].chunk(2, dim=-1)
+        out = self.patch_out(self.norm_out(tokens) * (1 + scale) + shift)
+        if cache is not None and write_cache:
+            cache.frames += t
+        fo = self.out_features
+        return out.reshape(b, t, gh, gw, p, p, fo).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h, w, fo)
+
+    # -- accounting ---------------------------------------------------------------------------
+    def flops_per_sample(self, frames: int) -> float:
+        """Training FLOPs (forward + backward = 3x forward) for one clip of ``frames`` latent frames.
+
+        Counts matmuls (2 FLOPs per multiply-add): per-token linears over ``T*N`` tokens,
+        per-frame linears (adaLN, action) over ``T`` frames, and attention scores + weighted
+        sum over the key/query pairs the frame-causal mask allows (``N^2 T (T+1) / 2`` per full
+        block), which is the work a block-sparse kernel has to do.
+        """
+        cfg, d = self.cfg, self.cfg.dim
+        n, t = cfg.tokens_per_frame, frames
+        hidden = int(d * cfg.mlp_ratio)
+        per_token = self.patch_in.weight.numel() + self.patch_out.weight.numel()
+        per_frame = self.out_modulation.weight.numel()
+        if isinstance(self.action_embed, nn.Linear):
+            per_frame += self.action_embed.weight.numel()
+        pairs = 0
+        for kind in self.block_kinds:
+            per_token += 4 * d * d + 2 * d * hidden
+            per_frame += 6 * d * d
+            if kind == "full":
+                pairs += n * n * t * (t + 1) // 2
+            elif kind == "spatial":
+                pairs += t * n * n
+            else:
+                pairs += n * t * (t + 1) // 2
+        forward = 2 * per_token * t * n + 2 * per_frame * t + 4 * d * pairs
+        return 3.0 * forward
+
+
+def frame_slice(actions: Tensor | None, start: int, end: int) -> Tensor | None:
+    """Actions of frames ``start..end-1`` (None stays None)."""
+    return None if actions is None else actions[:, start:end]
+
+
+def check_rollout_actions(actions: Tensor | None, batch: int, frames: int) -> None:
+    if actions is not None and (actions.shape[0] != batch or actions.shape[1] != frames):
+        raise ValueError(
+            f"actions have shape {tuple(actions.shape)}; a rollout needs one action per frame of "
+            f"context + horizon: [B={batch}, {frames}]"
+        )

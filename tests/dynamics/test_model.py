@@ -1,0 +1,253 @@
+"""The dynamics backbone and heads: causality, KV-cache rollouts, sizes, FLOPs and input errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode
+
+from dynamics import DiffusionDynamics, DynamicsConfig, MaskGITDynamics, build_dynamics
+from dynamics.attention import available_backends
+
+
+def randomized(cfg: DynamicsConfig, seed: int = 0) -> nn.Module:
+    """A model whose zero-initialised gates and output are perturbed, so every path carries signal."""
+    torch.manual_seed(seed)
+    model = build_dynamics(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def inputs(
+    cfg: DynamicsConfig, batch: int, frames: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(seed)
+    h, w = cfg.latent_height, cfg.latent_width
+    if cfg.head == "diffusion":
+        x = torch.randn(batch, cfg.latent_channels, frames, h, w, generator=g)
+    else:
+        x = torch.randint(0, cfg.codebook_size, (batch, frames, h, w), generator=g)
+    if cfg.action_type == "discrete":
+        a = torch.randint(0, cfg.num_actions, (batch, frames), generator=g)
+    elif cfg.action_type == "continuous":
+        a = torch.randn(batch, frames, cfg.action_dim, generator=g)
+    else:
+        a = None
+    return x, a
+
+
+@torch.no_grad()
+def network_output(
+    model: nn.Module, x: torch.Tensor, a: torch.Tensor | None, s: torch.Tensor
+) -> torch.Tensor:
+    """Per-frame network output ``[B, T, ...]`` for latents or indices."""
+    if isinstance(model, DiffusionDynamics):
+        return model.predict(x.permute(0, 2, 3, 4, 1), s, a)
+    return model.logits(x, a)
+
+
+@pytest.mark.parametrize("head", ["diffusion", "maskgit"])
+@pytest.mark.parametrize("factorized", [False, True])
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+def test_changing_future_frames_does_not_change_past_outputs(head, factorized, backend):
+    cfg = DynamicsConfig(
+        head=head, factorized=factorized, depth=2 if not factorized else 4, attention_backend=backend
+    )
+    model = randomized(cfg)
+    x, a = inputs(cfg, 2, 4)
+    s = torch.rand(2, 4)
+    out = network_output(model, x, a, s)
+    x2, a2, s2 = x.clone(), a.clone(), s.clone()
+    future = (
+        (slice(None), slice(None), slice(2, None)) if head == "diffusion" else (slice(None), slice(2, None))
+    )
+    x2[future] = inputs(cfg, 2, 4, seed=1)[0][future]
+    a2[:, 2:] = (a[:, 2:] + 1) % cfg.num_actions
+    s2[:, 2:] = torch.rand(2, 2)
+    out2 = network_output(model, x2, a2, s2)
+    torch.testing.assert_close(out2[:, :2], out[:, :2], atol=1e-5, rtol=1e-5)
+    assert (out2[:, 2:] - out[:, 2:]).abs().max() > 1e-3  # the future itself did change
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(head="diffusion"),
+        dict(head="diffusion", factorized=True, depth=4, sampler="heun", prediction="x0"),
+        dict(head="diffusion", action_type="continuous", action_dim=3, action_injection="adaln"),
+        dict(head="diffusion", action_type="none"),
+        dict(head="maskgit", top_k=8),
+        dict(head="maskgit", factorized=True, depth=4, action_injection="adaln"),
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_cached_rollout_equals_uncached_rollout(overrides):
+    cfg = DynamicsConfig(sampling_steps=3, maskgit_steps=3, **overrides)
+    model = randomized(cfg)
+    x, a = inputs(cfg, 2, 5)
+    context = x[:, :, :2] if cfg.head == "diffusion" else x[:, :2]
+    cached = model.rollout(context, a, 3, generator=torch.Generator().manual_seed(7))
+    uncached = model.rollout(context, a, 3, generator=torch.Generator().manual_seed(7), use_cache=False)
+    if cfg.head == "diffusion":
+        assert cached.shape == (2, cfg.latent_channels, 3, cfg.latent_height, cfg.latent_width)
+        torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)
+    else:
+        assert cached.shape == (2, 3, cfg.latent_height, cfg.latent_width) and cached.dtype == torch.long
+        assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("head", ["diffusion", "maskgit"])
+def test_cached_rollout_feeds_each_frame_through_the_network_far_less(head):
+    """The cache is what makes rollouts cheap: count the tokens entering the network."""
+    cfg = DynamicsConfig(head=head, sampling_steps=4, maskgit_steps=4)
+    model = randomized(cfg)
+    seen = []
+    model.backbone.patch_in.register_forward_hook(lambda m, i, o: seen.append(o.shape[:2].numel()))
+    x, a = inputs(cfg, 1, 8)
+    context = x[:, :, :2] if head == "diffusion" else x[:, :2]
+    model.rollout(context, a, 6)
+    cached, seen[:] = sum(seen), []
+    model.rollout(context, a, 6, use_cache=False)
+    uncached = sum(seen)
+    # Cached: 2 context + 6 frames x (4 steps + 1 cache write) - 1; uncached: steps x (past + 1).
+    assert cached == 2 + 6 * 5 - 1 and uncached == 4 * sum(range(3, 9))
+    assert cached < uncached / 2
+
+
+def test_100m_preset_has_about_100m_parameters_and_fits_16_frames_of_32x32():
+    cfg = DynamicsConfig.preset("100m")
+    model = build_dynamics(cfg, device=None)  # meta: nothing is allocated
+    n = sum(p.numel() for p in model.parameters())
+    assert 90e6 < n < 130e6, n
+    assert all(p.is_meta for p in model.parameters())
+    assert (cfg.max_frames, cfg.latent_height, cfg.latent_width) == (16, 32, 32)
+
+
+@pytest.mark.parametrize("factorized", [False, True])
+def test_flops_per_sample_agrees_with_torch_flop_counter(factorized):
+    """Our analytic count vs PyTorch's counter on a training step using the math backend.
+
+    The math backend computes masked scores too, so those are added to our (block-causal) count.
+    """
+    cfg = DynamicsConfig(factorized=factorized, depth=4, attention_backend="math", dim=64)
+    model = build_dynamics(cfg)
+    t, n, d = 4, cfg.tokens_per_frame, cfg.dim
+    x, a = inputs(cfg, 1, t)
+    with FlopCounterMode(display=False) as counter:
+        model.loss(x, a)["loss"].backward()
+    masked_pairs = 0
+    for blk in model.blocks:
+        if blk.kind == "full":
+            masked_pairs += n * n * t * (t - 1) // 2
+        elif blk.kind == "temporal":
+            masked_pairs += n * t * (t - 1) // 2
+    noise_mlp = 3 * 2 * t * sum(m.weight.numel() for m in model.noise_embed.mlp if isinstance(m, nn.Linear))
+    expected = model.flops_per_sample(t) + 3 * 4 * d * masked_pairs + noise_mlp
+    assert abs(counter.get_total_flops() - expected) / expected < 0.02
+
+
+def test_model_builds_on_meta_and_initialises_where_placed():
+    cfg = DynamicsConfig()
+    model = build_dynamics(cfg)
+    assert not any(p.is_meta for p in model.parameters())
+    # adaLN-Zero: blocks start as the identity and the output head at zero.
+    assert all(blk.modulation.weight.abs().sum() == 0 for blk in model.blocks)
+    x, a = inputs(cfg, 2, 3)
+    assert torch.isfinite(model.loss(x, a)["loss"])
+
+
+@pytest.mark.parametrize("head", ["diffusion", "maskgit"])
+def test_activation_checkpointing_from_outside_keeps_gradients(head):
+    """The runtime wraps ``model.blocks`` one by one; the gradients must not change."""
+
+    class Checkpointed(nn.Module):
+        def __init__(self, block: nn.Module) -> None:
+            super().__init__()
+            self.block = block
+
+        def forward(self, *args):
+            return checkpoint(self.block, *args, use_reentrant=False)
+
+    cfg = DynamicsConfig(head=head)
+    model = randomized(cfg).train()
+    x, a = inputs(cfg, 2, 3)
+
+    def grads() -> list[torch.Tensor]:
+        torch.manual_seed(3)
+        model.zero_grad()
+        model.loss(x, a)["loss"].backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = grads()
+    for i, blk in enumerate(model.blocks):
+        model.blocks[i] = Checkpointed(blk)
+    for g1, g2 in zip(plain, grads(), strict=True):
+        torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("head", ["diffusion", "maskgit"])
+def test_bf16_autocast_training_step_is_finite(head):
+    cfg = DynamicsConfig(head=head)
+    model = randomized(cfg).train()
+    x, a = inputs(cfg, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(x, a)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and all(
+        torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
+    )
+
+
+def test_bad_inputs_raise_errors_that_name_the_input_and_the_fix():
+    diff = build_dynamics(DynamicsConfig())
+    with pytest.raises(ValueError, match="latent_channels"):
+        diff.loss(torch.randn(1, 3, 2, 8, 8), torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="one per latent frame"):
+        diff.loss(torch.randn(1, 4, 2, 8, 8), torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="num_actions"):
+        diff.loss(torch.randn(1, 4, 2, 8, 8), torch.full((1, 2), 9))
+    with pytest.raises(ValueError, match="context \\+ horizon"):
+        diff.rollout(torch.randn(1, 4, 2, 8, 8), torch.zeros(1, 3, dtype=torch.long), horizon=2)
+    ar = build_dynamics(DynamicsConfig(head="maskgit", codebook_size=16))
+    with pytest.raises(ValueError, match="codebook_size"):
+        ar.loss(torch.full((1, 2, 8, 8), 16), torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="patch_size"):
+        DynamicsConfig(latent_height=7)
+    with pytest.raises(ValueError, match="head"):
+        DynamicsConfig(head="gan")
+    assert isinstance(ar, MaskGITDynamics)
+
+
+def test_grouped_actions_are_summed_and_no_action_is_accepted():
+    cfg = DynamicsConfig()
+    model = randomized(cfg)
+    x, a = inputs(cfg, 2, 3)
+    s = torch.rand(2, 3)
+    single = network_output(model, x, a, s)
+    grouped = network_output(model, x, a[:, :, None], s)
+    torch.testing.assert_close(single, grouped)
+    a2 = a.clone()
+    a2[:, 0] = cfg.num_actions  # "no action" for the first frame
+    pairs = torch.stack([a2, a2], dim=2)
+    emb = model.backbone.embed_actions(pairs, 2, 3)
+    torch.testing.assert_close(emb, 2 * model.backbone.action_embed(a2))
+
+
+@pytest.mark.parametrize("head", ["diffusion", "maskgit"])
+def test_pure_bf16_weights_train_and_roll_out_as_under_deepspeed_bf16(head):
+    cfg = DynamicsConfig(head=head, factorized=True, depth=2)
+    model = build_dynamics(cfg).to(torch.bfloat16)
+    x, a = inputs(cfg, 2, 3)
+    x = x.to(torch.bfloat16) if x.is_floating_point() else x
+    loss = model(x, a)["loss"]  # forward is the loss: what a wrapped model is called with
+    loss.backward()
+    assert torch.isfinite(loss) and all(
+        p.grad.dtype == torch.bfloat16 for p in model.parameters() if p.grad is not None
+    )
+    context = x[:, :, :2] if head == "diffusion" else x[:, :2]
+    out = model.rollout(context, a, 1)
+    assert out.dtype == (torch.bfloat16 if head == "diffusion" else torch.long)
