@@ -1,0 +1,92 @@
+"""TokenizerTask: the tokenizer behind the shared training runtime, and jobs/tokenizer.yaml."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.shards import ShardWriter
+from pipeline.video import encode_mp4
+from tokenizer import load_tokenizer
+from tokenizer.metrics import to_uint8
+from tokenizer.synthetic import moving_shapes
+from tokenizer.task import TokenizerTask, TokenizerTaskConfig
+from vidworld.config import ConfigError
+from vidworld.train import load_train_config
+
+REPO = Path(__file__).resolve().parents[2]
+YAML = REPO / "jobs" / "tokenizer.yaml"
+TINY = ["model.base_channels=8", "model.channel_multipliers=[1,2]", "model.clip_size=[32,32]"]
+
+
+def test_tokenizer_yaml_loads_with_the_task_model_section():
+    cfg = load_train_config(YAML, ["data.shards=somewhere"])
+    assert cfg.task == "tokenizer" and isinstance(cfg.model, TokenizerTaskConfig)
+    assert (cfg.model.clip_frames - 1) % cfg.model.temporal_compression == 0
+    assert cfg.model.tokenizer_config().to_dict().keys() == {
+        k for k in cfg.model.to_dict() if k not in ("clip_frames", "clip_size")
+    }
+
+
+def test_clip_frames_that_the_tokenizer_cannot_take_fail_at_start_naming_the_key():
+    with pytest.raises((ValueError, ConfigError), match=r"clip_frames=8 must be 1 \+ k\*4"):
+        load_train_config(YAML, ["data.shards=x", "model.clip_frames=8"])
+
+
+def test_task_crops_a_loader_batch_and_gives_losses_media_and_counts():
+    cfg = load_train_config(YAML, ["data.shards=x", "model.bottleneck=fsq", *TINY])
+    task = TokenizerTask(cfg.model, cfg)
+    model = task.build_model()
+    frames = torch.from_numpy(moving_shapes(2, 17, 40).numpy())  # [2, 17, 40, 40, 3] uint8
+    video = task.prepare(frames)
+    assert video.shape == (2, 3, 9, 32, 32) and video.dtype == torch.float32
+    # Centre crop of the first 9 frames.
+    assert torch.equal(to_uint8(video), frames[:, :9, 4:36, 4:36])
+    out = task.loss(model, {"video": video})
+    assert {"loss", "rec", "psnr_float"} <= set(out) and out["loss"].requires_grad
+    out["loss"].backward()
+    assert len(task.blocks(model)) == len(model.tokenizer.blocks()) > 0
+    model.eval()
+    with torch.no_grad():
+        media = task.eval_media(model, {"video": video})
+    side_by_side = media["eval/reconstruction"]
+    assert side_by_side.shape == (9, 32, 64, 3) and side_by_side.dtype == "uint8"
+    assert (side_by_side[:, :, :32] == to_uint8(video)[0].numpy()).all()
+    assert 0 < media["eval/recon_psnr"] < 100 and -1 <= media["eval/recon_ssim"] <= 1
+    assert 0 < media["eval/codebook_usage"] <= 1
+    assert task.tokens_per_sample() == 3 * 4 * 4
+    assert task.flops_per_sample() == pytest.approx(3 * model.tokenizer.flops_per_video(9, 32, 32))
+    with pytest.raises(ValueError, match=r"clips are 5 frames of 40x40.*clip_frames=9"):
+        task.prepare(frames[:, :5])
+
+
+def _write_shards(folder: Path, clips: int = 8) -> None:
+    videos = moving_shapes(clips, 9, 32, seed=3).numpy()
+    with ShardWriter(folder / "shards", samples_per_shard=4) as w:
+        for i, v in enumerate(videos):
+            w.write(f"clip{i:04d}", {"json": {"split": "train"}, "mp4": encode_mp4(v, fps=15, crf=18)})
+
+
+@pytest.mark.integration
+def test_vidworld_train_runs_the_tokenizer_task_and_its_run_folder_loads(tmp_path):
+    _write_shards(tmp_path / "curated")
+    run_dir = tmp_path / "run"
+    from tests.vidworld.train_helpers import VIDWORLD, train_env
+
+    cmd = [
+        VIDWORLD, "train", str(YAML), f"run_dir={run_dir}", f"data.shards={tmp_path / 'curated'}", *TINY,
+        "trainer.max_steps=6", "trainer.eval_every=3", "trainer.save_every=3", "trainer.log_every=1",
+        "trainer.warmup_steps=1", "wandb.mode=disabled",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tok = load_tokenizer(run_dir)
+    trained = load_file(str(run_dir / "model.safetensors"))
+    for name, value in tok.state_dict().items():
+        assert torch.equal(value, trained[f"tokenizer.{name}"])
+    video = torch.rand(1, 3, 9, 32, 32) * 2 - 1
+    assert tok.decode(tok.encode(video)).shape == video.shape
