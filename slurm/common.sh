@@ -3,7 +3,9 @@
 #   vidworld_setup               needs VIDWORLD_REPO; sets VIDWORLD (the CLI), MASTER_ADDR/PORT, DS_ACCELERATOR
 #   vidworld_srun_requeue CMD…   srun CMD on every task; on exit code 75 (preempted, checkpoint saved),
 #                                or any failure after a SIGUSR1, requeue this job so it resumes by
-#                                itself; otherwise returns CMD's exit code
+#                                itself (and set VIDWORLD_REQUEUED=1); otherwise returns CMD's exit code
+#   vidworld_ray_cluster         start Ray in this allocation (head here, one worker per other node);
+#                                sets RAY_ADDRESS; vidworld_ray_stop ends it
 #
 # Preemption: the job asks SLURM for SIGUSR1 before its time limit (--signal=B:USR1@120). "B:"
 # sends it to this batch shell only, which forwards it to the srun step (srun passes USR1 on to
@@ -78,6 +80,7 @@ vidworld_srun_requeue() {
   if [[ $rc -eq $PREEMPTED_EXIT_CODE || ($warned -eq 1 && $rc -ne 0) ]]; then
     vidworld_log "training stopped (exit $rc) after saving what it could: requeueing job $SLURM_JOB_ID"
     if scontrol requeue "$SLURM_JOB_ID"; then
+      VIDWORLD_REQUEUED=1  # the caller stops here: this attempt is over, the next one resumes
       return 0
     fi
     vidworld_log "scontrol requeue failed (submit with --requeue?); resubmit the same command to resume"
@@ -85,4 +88,39 @@ vidworld_srun_requeue() {
     vidworld_log "training exited $rc"
   fi
   return "$rc"
+}
+
+vidworld_ray_cluster() {
+  # Ray for the data stages (curate, tokenize): the head on this (the first) node, a worker on each
+  # other node through srun, all with this job's own auth token (Ray 2.60 turns token auth on for
+  # any head once ~/.ray/auth_token exists; drivers then need the same token).
+  local ray_bin port head_addr cpus
+  ray_bin="$(dirname "$VIDWORLD")/ray"
+  [[ -x "$ray_bin" ]] || ray_bin=$(command -v ray) || { echo "vidworld-slurm: no ray CLI" >&2; return 2; }
+  port=$((20000 + SLURM_JOB_ID % 20000))
+  head_addr="$MASTER_ADDR"
+  cpus="${SLURM_CPUS_ON_NODE:-$(nproc)}"
+  export RAY_AUTH_MODE=token
+  RAY_AUTH_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  export RAY_AUTH_TOKEN
+  VIDWORLD_RAY_TMP=$(mktemp -d /tmp/vidworld-ray-XXXXXX)
+  "$ray_bin" start --head --node-ip-address="$head_addr" --port="$port" --num-cpus="$cpus" \
+    --include-dashboard=false --temp-dir="$VIDWORLD_RAY_TMP" --disable-usage-stats >/dev/null || return 2
+  if (( ${SLURM_NNODES:-1} > 1 )); then
+    srun --nodes=$((SLURM_NNODES - 1)) --ntasks=$((SLURM_NNODES - 1)) --ntasks-per-node=1 \
+      --exclude="$(hostname -s)" --kill-on-bad-exit=0 \
+      "$ray_bin" start --address="$head_addr:$port" --block --disable-usage-stats &
+    VIDWORLD_RAY_WORKERS=$!
+  fi
+  export RAY_ADDRESS="$head_addr:$port"
+  vidworld_log "Ray head at $RAY_ADDRESS (${SLURM_NNODES:-1} node(s))"
+}
+
+vidworld_ray_stop() {
+  local ray_bin
+  ray_bin="$(dirname "$VIDWORLD")/ray"
+  [[ -n "${VIDWORLD_RAY_WORKERS:-}" ]] && kill "$VIDWORLD_RAY_WORKERS" 2>/dev/null
+  "$ray_bin" stop --force >/dev/null 2>&1 || true
+  [[ -n "${VIDWORLD_RAY_TMP:-}" ]] && rm -rf "$VIDWORLD_RAY_TMP"
+  unset RAY_ADDRESS
 }

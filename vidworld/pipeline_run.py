@@ -51,8 +51,11 @@ class PipelineConfig:
     input: str = "???"  # raw video: folder, glob, fsspec URL or list file (see pipeline.inputs)
     output: str = "???"  # everything the chain makes goes under this folder
     stages: list[str] = dataclasses.field(default_factory=lambda: list(STAGES))
-    train_launcher: str = "auto"  # auto (ray under RAY_ADDRESS, else local) | local | ray
+    # auto (ray under RAY_ADDRESS, else local) | local | ray | external (started outside the chain,
+    # as slurm/stage.sbatch does with srun: the chain then only checks that training finished)
+    train_launcher: str = "auto"
     train_processes: int = 1  # local launcher: processes per training stage (torchrun when > 1)
+    prepare_only: bool = False  # write output/configs/STAGE.yaml for the selected stages, run nothing
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)  # group defaults to output's name
     curate: Any = dataclasses.field(default_factory=dict)
     tokenizer: Any = dataclasses.field(default_factory=dict)
@@ -93,8 +96,8 @@ def _wandb_for(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
 
 
 def _train_launcher(cfg: PipelineConfig) -> str:
-    if cfg.train_launcher not in ("auto", "local", "ray"):
-        raise ConfigError(f"train_launcher must be auto, local or ray, got {cfg.train_launcher!r}")
+    if cfg.train_launcher not in ("auto", "local", "ray", "external"):
+        raise ConfigError(f"train_launcher must be auto, local, ray or external, got {cfg.train_launcher!r}")
     if cfg.train_launcher == "auto":
         return "ray" if os.environ.get("RAY_ADDRESS") else "local"
     return cfg.train_launcher
@@ -153,7 +156,10 @@ def compose(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
             "run_dir": str(p[stage]),
             "data": {**base.get("data", {}), "shards": str(data_src)},
             "wandb": {**base.get("wandb", {}), **_wandb_for(cfg, stage)},
-            "launcher": {**base.get("launcher", {}), "kind": _train_launcher(cfg)},
+            "launcher": {
+                **base.get("launcher", {}),
+                "kind": "ray" if _train_launcher(cfg) == "ray" else "local",
+            },
         }
         if stage == "dynamics":
             composed["model"] = {**base.get("model", {}), **_latent_geometry(p["latents"])}
@@ -279,7 +285,7 @@ def evaluate_complete(p: dict[str, Path]) -> bool:
     except (OSError, ValueError):
         return False
     names = ("compounding_error.csv", "compounding_error.png", "rollout.mp4")
-    step = meta.get("checkpoint", {}).get("step") if isinstance(meta.get("checkpoint"), dict) else None
+    step = meta.get("checkpoint_step")
     return all((p["eval"] / n).is_file() for n in names) and step == trained_step(p["dynamics"])
 
 
@@ -325,6 +331,13 @@ def run_stage(cfg: PipelineConfig, stage: str) -> str:
         return "done"
     if stage in TRAINING_STAGES:
         trained = not training_complete(stage_cfg)
+        if trained and _train_launcher(cfg) == "external":
+            raise StageFailed(
+                stage,
+                1,
+                f"stage '{stage}': training is launched outside the chain (train_launcher=external) and has "
+                f"not reached trainer.max_steps; run `vidworld train {stage_cfg}` (srun, torchrun) first",
+            )
         if trained:
             _child(stage, _vidworld_cmd(cfg, "train", str(stage_cfg)))
         evaluated = stage == "tokenizer" and _tokenizer_eval(p) == "done"
@@ -361,6 +374,10 @@ def run(cfg: PipelineConfig, stage_runner: Callable[[PipelineConfig, str], str] 
     out = _paths(cfg)["out"]
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "configs" / "pipeline.yaml")
+    if cfg.prepare_only:
+        for stage in (s for s in STAGES if s in cfg.stages and s != "report"):
+            print(f"stage-config {stage} {write_stage_config(cfg, stage)}", flush=True)
+        return 0
     t0 = time.monotonic()
     for i, stage in enumerate(s for s in STAGES if s in cfg.stages):
         t = time.monotonic()

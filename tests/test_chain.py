@@ -1,0 +1,156 @@
+"""The whole chain (issue: end to end) on real services: in-process, under `ray job submit` to a real
+Ray head, and as `sbatch slurm/pretrain.sbatch` on a real single-node SLURM.
+
+Each runs jobs/demo.yaml on a few built-in sample videos with a handful of training steps, then
+checks every stage's outputs through the files the stages write (and the upstream tools).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.samples import SamplesConfig, write_samples
+from vidworld.trained import trained_step
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 4
+# Tiny training and evaluation; everything else as jobs/demo.yaml has it.
+TINY = [
+    f"tokenizer.trainer.max_steps={STEPS}",
+    f"tokenizer.trainer.save_every={STEPS}",
+    f"tokenizer.trainer.eval_every={STEPS}",
+    "tokenizer.trainer.progress_interval=5",
+    f"dynamics.trainer.max_steps={STEPS}",
+    f"dynamics.trainer.save_every={STEPS}",
+    f"dynamics.trainer.eval_every={STEPS}",
+    "dynamics.trainer.progress_interval=5",
+    "dynamics.data.batch_size=4",
+    "dynamics.trainer.micro_batch_size=4",
+    "evaluate.max_clips=2",
+]
+STAGE_FOLDERS = ("curated", "tokenizer", "latents", "dynamics", "eval")
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("raw") / "samples"
+    write_samples(root, SamplesConfig(synthetic=2, atari=2, atari_max_frames=150))
+    return root
+
+
+def check_outputs(out: Path) -> None:
+    """Every stage left complete outputs, readable by the tools downstream of it."""
+    stats = json.loads((out / "curated" / "stats.json").read_text())
+    assert stats["complete"] and stats["inputs_by_status"]["ok"] == 4 and stats["clips"] > 0
+    assert sorted(stats["sources_by_split"]) == ["heldout", "train"]
+    for stage in ("tokenizer", "dynamics"):
+        assert trained_step(out / stage) == STEPS, f"{stage} did not export weights at step {STEPS}"
+        assert (out / "configs" / f"{stage}.yaml").is_file()
+    tok_eval = json.loads((out / "tokenizer" / "eval" / "metrics.json").read_text())
+    assert tok_eval["step"] == STEPS and 0 < tok_eval["recon_psnr"] < 100 and tok_eval["split"] == "heldout"
+    latents = json.loads((out / "latents" / "stats.json").read_text())
+    assert latents["complete"] and latents["clips"] == stats["clips"]
+    with open(out / "eval" / "compounding_error.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["horizon"]) for r in rows] == [1, 2, 3]
+    assert {"model_psnr", "copy_last_psnr", "copy_last_recon_psnr", "recon_psnr", "model_latent_mse",
+            "copy_last_latent_mse"} <= set(rows[0])  # fmt: skip
+    ev = json.loads((out / "eval" / "eval.json").read_text())
+    assert ev["checkpoint_step"] == STEPS and ev["data"]["split"] == "heldout"
+    html = (out / "report.html").read_text()
+    assert "data:video/mp4;base64," in html and "Missing:" not in html
+
+
+def wandb_runs(out: Path) -> set[str]:
+    """Names of the offline W&B runs the chain wrote (one per stage, plus the report)."""
+    names = set()
+    for meta in out.rglob("wandb/offline-run-*/files/wandb-metadata.json"):
+        names.add(meta.parts[meta.parts.index("wandb") - 1])
+    return names
+
+
+def test_the_chain_runs_end_to_end_and_a_rerun_skips_every_stage(samples, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "vidworld.cli", "run", str(REPO / "jobs" / "demo.yaml"), f"input={samples}",
+           f"output={out}", "train_launcher=local", *TINY]  # fmt: skip
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    check_outputs(out)
+    assert "rollout.mp4" in first.stdout and "report.html" in first.stdout
+    mtimes = {p: p.stat().st_mtime_ns for d in STAGE_FOLDERS for p in (out / d).rglob("*") if p.is_file()}
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-4000:]
+    for stage in ("curate", "tokenizer", "tokenize", "dynamics", "evaluate"):
+        assert f"stage '{stage}' skipped" in again.stdout
+    changed = [p for p, t in mtimes.items() if p.exists() and p.stat().st_mtime_ns != t]
+    assert changed == []
+
+
+def test_ray_job_submit_runs_the_chain_on_the_cluster(samples, tmp_path, ray_cluster):
+    out = tmp_path / "out"
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    workers = ["dynamics.launcher.num_workers=2", "tokenizer.launcher.num_workers=2"]
+    entry = [sys.executable, "-m", "vidworld.cli", "run", "jobs/demo.yaml", f"input={samples}",
+             f"output={out}", *workers, *TINY]  # fmt: skip
+    env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.dashboard_url}
+    submit = subprocess.run(
+        [ray_bin, "job", "submit", "--no-wait", "--working-dir", ".", "--", *entry],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    job_id = re.search(r"Job '([^']+)' submitted", submit.stdout + submit.stderr).group(1)
+    deadline, status = time.monotonic() + 900, ""
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [ray_bin, "job", "status", job_id], env=env, capture_output=True, text=True
+        ).stdout
+        if re.search(r"SUCCEEDED|FAILED|STOPPED", status):
+            break
+        time.sleep(5)
+    logs = subprocess.run([ray_bin, "job", "logs", job_id], env=env, capture_output=True, text=True).stdout
+    assert "SUCCEEDED" in status, status + logs[-6000:]
+    check_outputs(out)
+    # Training ran as Ray Train jobs with 2 workers: both ranks took part.
+    for stage in ("tokenizer", "dynamics"):
+        meta = json.loads(next((out / stage / "checkpoints").glob("step_*/COMPLETE")).read_text())
+        assert meta["world_size"] == 2
+    assert {"tokenizer", "dynamics"} <= wandb_runs(out)
+
+
+@pytest.mark.slurm
+def test_sbatch_pretrain_chains_every_stage_as_dependent_jobs(samples, tmp_path, slurm_cluster):
+    out = tmp_path / "out"
+    log = tmp_path / "pretrain.log"
+    args = [str(REPO / "jobs" / "demo.yaml"), f"input={samples}", f"output={out}", *TINY]
+    stage_log = tmp_path / "stage-%j.log"
+    env = {"VIDWORLD_SBATCH_ALL": f"--output={stage_log} --chdir={REPO}",
+           "VIDWORLD_SBATCH_TOKENIZER": "--ntasks-per-node=2 --cpus-per-task=1",
+           "VIDWORLD_SBATCH_DYNAMICS": "--ntasks-per-node=2 --cpus-per-task=1"}  # fmt: skip
+    job = slurm_cluster.sbatch(REPO / "slurm" / "pretrain.sbatch", args, options=[f"--output={log}"], env=env)
+    info = slurm_cluster.wait_for_finish(job, timeout_s=120)
+    assert info["JobState"] == "COMPLETED", log.read_text()
+    ids = [int(i) for i in re.search(r"jobs ([\d ]+)", log.read_text()).group(1).split()]
+    assert len(ids) == 6
+    for stage_job in ids:
+        done = slurm_cluster.wait_for_finish(stage_job, timeout_s=900)
+        logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in tmp_path.glob("stage-*.log"))
+        assert done["JobState"] == "COMPLETED" and done["ExitCode"] == "0:0", f"{done}\n{logs}"
+    check_outputs(out)
+    for stage in ("tokenizer", "dynamics"):  # srun started one training process per task
+        meta = json.loads(next((out / stage / "checkpoints").glob("step_*/COMPLETE")).read_text())
+        assert meta["world_size"] == 2
