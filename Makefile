@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/vidworld samples $(DEMO_OUT)/samples
-	$(VENV)/bin/vidworld curate jobs/curate.yaml input=$(DEMO_OUT)/samples output=$(DEMO_OUT)/curated
+	$(VENV)/bin/vidworld run jobs/demo.yaml input=$(DEMO_OUT)/samples output=$(DEMO_OUT)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
