@@ -391,7 +391,7 @@ def run(cfg: PipelineConfig, stage_runner: Callable[[PipelineConfig, str], str] 
             return e.code
         print(f"run: stage '{stage}' {status} in {time.monotonic() - t:.1f} s", flush=True)
     print(f"run: pipeline finished in {time.monotonic() - t0:.1f} s; outputs under {out}", flush=True)
-    for name in ("report.html", "eval/rollout.mp4", "eval/compounding_error.png"):
+    for name in ("report.html", "tokenizer/eval/recon.mp4", "eval/rollout.mp4", "eval/compounding_error.png"):
         if (out / name).is_file():
             print(f"  {name.split('/')[-1]:24s} {out / name}", flush=True)
     return 0
