@@ -117,6 +117,7 @@ def test_vidworld_train_runs_the_dynamics_yaml_on_latent_shards(tmp_path, head):
         "model.codebook_size=2",
         "model.temporal_compression=2",
         "model.num_actions=4",
+        "data.split=null",  # the test shards carry no train/heldout split
         "data.batch_size=2",
         "trainer.micro_batch_size=2",
         "trainer.max_steps=6",
