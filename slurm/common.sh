@@ -97,15 +97,33 @@ vidworld_ray_cluster() {
   local ray_bin port head_addr cpus
   ray_bin="$(dirname "$VIDWORLD")/ray"
   [[ -x "$ray_bin" ]] || ray_bin=$(command -v ray) || { echo "vidworld-slurm: no ray CLI" >&2; return 2; }
-  port=$((20000 + SLURM_JOB_ID % 20000))
+  port=$((20000 + (SLURM_JOB_ID % 2000) * 10))
   head_addr="$MASTER_ADDR"
   cpus="${SLURM_CPUS_ON_NODE:-$(nproc)}"
   export RAY_AUTH_MODE=token
   RAY_AUTH_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
   export RAY_AUTH_TOKEN
   VIDWORLD_RAY_TMP=$(mktemp -d /tmp/vidworld-ray-XXXXXX)
-  "$ray_bin" start --head --node-ip-address="$head_addr" --port="$port" --num-cpus="$cpus" \
-    --include-dashboard=false --temp-dir="$VIDWORLD_RAY_TMP" --disable-usage-stats >/dev/null || return 2
+  # A head of our own in its own session, stopped by session id: `ray stop` would kill every Ray
+  # process on the node, other jobs' included.
+  # Agent ports next to the head's port, not Ray's defaults, which another Ray on the node may hold.
+  setsid "$ray_bin" start --head --block --node-ip-address="$head_addr" --port="$port" --num-cpus="$cpus" \
+    --include-dashboard=false --temp-dir="$VIDWORLD_RAY_TMP" --disable-usage-stats \
+    --dashboard-agent-listen-port=$((port + 1)) --dashboard-agent-grpc-port=$((port + 2)) \
+    --metrics-export-port=$((port + 3)) --runtime-env-agent-port=$((port + 4)) \
+    --ray-client-server-port=$((port + 5)) --node-manager-port=$((port + 6)) --object-manager-port=$((port + 7)) \
+    >"$VIDWORLD_RAY_TMP/head.log" 2>&1 &
+  VIDWORLD_RAY_HEAD=$!
+  local waited=0
+  until grep -q "Ray runtime started" "$VIDWORLD_RAY_TMP/head.log" 2>/dev/null; do
+    if ! kill -0 "$VIDWORLD_RAY_HEAD" 2>/dev/null || (( waited >= 120 )); then
+      echo "vidworld-slurm: the Ray head did not start; its log:" >&2
+      cat "$VIDWORLD_RAY_TMP/head.log" >&2
+      return 2
+    fi
+    sleep 1
+    waited=$((waited + 1))
+  done
   if (( ${SLURM_NNODES:-1} > 1 )); then
     srun --nodes=$((SLURM_NNODES - 1)) --ntasks=$((SLURM_NNODES - 1)) --ntasks-per-node=1 \
       --exclude="$(hostname -s)" --kill-on-bad-exit=0 \
@@ -117,10 +135,13 @@ vidworld_ray_cluster() {
 }
 
 vidworld_ray_stop() {
-  local ray_bin
-  ray_bin="$(dirname "$VIDWORLD")/ray"
   [[ -n "${VIDWORLD_RAY_WORKERS:-}" ]] && kill "$VIDWORLD_RAY_WORKERS" 2>/dev/null
-  "$ray_bin" stop --force >/dev/null 2>&1 || true
+  if [[ -n "${VIDWORLD_RAY_HEAD:-}" ]]; then
+    # The head and everything it started share the session that setsid made (its id is the head's pid).
+    pkill -TERM -s "$VIDWORLD_RAY_HEAD" 2>/dev/null
+    for _ in 1 2 3 4 5; do pgrep -s "$VIDWORLD_RAY_HEAD" >/dev/null || break; sleep 1; done
+    pkill -KILL -s "$VIDWORLD_RAY_HEAD" 2>/dev/null
+  fi
   [[ -n "${VIDWORLD_RAY_TMP:-}" ]] && rm -rf "$VIDWORLD_RAY_TMP"
   unset RAY_ADDRESS
 }

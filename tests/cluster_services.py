@@ -360,7 +360,13 @@ def start_ray_head(root: Path, num_cpus: int = 2, start_timeout_s: float = 90) -
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", f"--temp-dir={temp}", "--disable-usage-stats"],
+         f"--dashboard-port={dash}", f"--temp-dir={temp}", "--disable-usage-stats",
+         # Ports of our own for the head's agents: the defaults clash with a local Ray that a test
+         # process started with ray.init() (its job agent then never comes up).
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+         f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+         f"--object-manager-port={free_port()}"],
         stdout=log, stderr=subprocess.STDOUT, env={**env, **auth_env}, start_new_session=True)
     cluster = RayCluster(address=f"127.0.0.1:{port}", dashboard_url=f"http://127.0.0.1:{dash}",
                          num_cpus=num_cpus, process=proc, auth_env=auth_env)

@@ -86,7 +86,13 @@ def test_the_chain_runs_end_to_end_and_a_rerun_skips_every_stage(samples, tmp_pa
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     check_outputs(out)
     assert "rollout.mp4" in first.stdout and "report.html" in first.stdout
-    mtimes = {p: p.stat().st_mtime_ns for d in STAGE_FOLDERS for p in (out / d).rglob("*") if p.is_file()}
+    # W&B's own logs are left out: its background service may still append to them after the run.
+    mtimes = {
+        p: p.stat().st_mtime_ns
+        for d in STAGE_FOLDERS
+        for p in (out / d).rglob("*")
+        if p.is_file() and "wandb" not in p.relative_to(out).parts
+    }
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
