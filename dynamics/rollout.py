@@ -122,10 +122,11 @@ class WorldModel:
         cls, checkpoint: str | os.PathLike, tokenizer: str | os.PathLike, device: str = "auto"
     ) -> WorldModel:
         """Load a finished dynamics run folder and a tokenizer onto ``device`` (auto: cuda if any)."""
-        from vidworld.trained import load_trained_model, trained_step
+        from vidworld.train import load_trained
+        from vidworld.trained import trained_step
 
         dev = resolve_device(device)
-        model, train_cfg = load_trained_model(checkpoint, dev)
+        train_cfg, _, model = load_trained(checkpoint, dev)
         if not isinstance(train_cfg.model, DynamicsConfig):
             raise ValueError(
                 f"{checkpoint} is a run of task {train_cfg.task!r}, not a dynamics run: pass the dynamics "
