@@ -61,7 +61,23 @@ class DynamicsConfig:
     latent_scale: float = 1.0
 
     # Diffusion head (flow matching: x_s = (1 - s) x0 + s eps, s in [0, 1]).
-    prediction: str = "v"  # v (= eps - x0) or x0
+    prediction: str = "x0"  # x0 (the clean latent; what residual needs) or v (= eps - x0)
+    # Residual: each frame is fed beside its clean predecessor and the head predicts x0 as that
+    # predecessor plus a correction, so an untrained model copies the last frame and training
+    # spends itself on what moves (a static background cannot hide the moving parts). Frame 0 has
+    # no predecessor and is context only. Needs prediction="x0".
+    residual: bool = True
+    # Noise augmentation of the predecessor (GameNGen): its std is drawn from U(0, context_noise)
+    # per frame in training (in latent units, ~unit variance) and told to the model, so rollouts
+    # survive their own errors. Rollouts pass clean frames (level 0).
+    context_noise: float = 0.1
+    # Probability, per training clip, that each frame's predecessor is the model's own one-step
+    # prediction of it (made without gradient from the true past) instead of the true frame: the
+    # model learns to correct its own errors, which open-loop rollouts feed back (residual only).
+    self_forcing: float = 0.0
+    # Probability, per training clip, that all its actions are replaced by "no action": keeps an
+    # unconditional mode (classifier-free guidance, clips without actions).
+    action_dropout: float = 0.1
     sampler: str = "euler"  # euler (deterministic; equals DDIM on this schedule) | heun
     sampling_steps: int = 10
     # Shift of the noise-level schedule towards high noise (SD3 "timestep shift"); 1 = uniform.
@@ -95,6 +111,18 @@ class DynamicsConfig:
                     f"DynamicsConfig.{name}={getattr(self, name)} is not a multiple of patch_size="
                     f"{self.patch_size}; pick a patch size that divides the latent grid"
                 )
+        if self.residual and self.prediction != "x0":
+            raise ValueError(
+                "DynamicsConfig.residual=true predicts x0 relative to the previous frame: set "
+                "prediction=x0 (or residual=false for v-prediction)"
+            )
+        if not 0.0 <= self.self_forcing <= 1.0:
+            raise ValueError(f"DynamicsConfig.self_forcing={self.self_forcing} must be in [0, 1]")
+        if not 0.0 <= self.action_dropout < 1.0 or self.context_noise < 0:
+            raise ValueError(
+                f"DynamicsConfig.action_dropout={self.action_dropout} must be in [0, 1) and "
+                f"context_noise={self.context_noise} >= 0"
+            )
         if self.action_type == "continuous" and self.action_dim <= 0:
             raise ValueError("DynamicsConfig.action_type='continuous' needs action_dim > 0")
 

@@ -6,9 +6,17 @@ Noise schedule: flow matching / rectified flow, ``x_s = (1 - s) x0 + s eps`` wit
 at sampling the context is clean (``s = 0``) and each new frame is denoised from ``s = 1`` in
 ``sampling_steps`` steps while its past is read from the KV cache.
 
-Prediction target: ``v = eps - x0`` (``prediction="v"``) or ``x0``. Samplers: ``euler``
-(deterministic; on this schedule it is the same update as DDIM) and ``heun`` (2nd order,
-two network calls per step).
+Prediction target: ``x0`` (default) or ``v = eps - x0``. With ``residual`` (default) every
+frame is fed beside its predecessor (channels ``[noisy x_t | x_{t-1}]``, the predecessor
+noise-augmented in training) and the network's output is added to that predecessor: the head
+predicts what changes. An untrained model therefore copies the last frame, and the loss is spent
+on the moving parts rather than on re-drawing a static background. Frame 0 has no predecessor
+(zeros) and carries no loss; it is context.
+
+Actions: in training a clip's actions are all replaced by "no action" with probability
+``action_dropout`` (an unconditional mode). Samplers: ``euler`` (deterministic; on this schedule
+it is the same update as DDIM) and ``heun`` (2nd order, two network calls per step). With
+x0-prediction one step gives the model's mean prediction of the next frame.
 """
 
 from __future__ import annotations
@@ -47,8 +55,11 @@ class DiffusionDynamics(nn.Module):
     def __init__(self, cfg: DynamicsConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = DynamicsTransformer(cfg, cfg.latent_channels, cfg.latent_channels)
+        c = cfg.latent_channels
+        self.backbone = DynamicsTransformer(cfg, 2 * c if cfg.residual else c, c)
         self.noise_embed = NoiseLevelEmbedding(cfg.dim)
+        # The predecessor's augmentation level (residual only), as GameNGen conditions on it.
+        self.context_noise_embed = NoiseLevelEmbedding(cfg.dim) if cfg.residual else None
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -62,10 +73,11 @@ class DiffusionDynamics(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         self.backbone.init_weights()
-        for m in self.noise_embed.mlp:
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        for emb in (self.noise_embed, self.context_noise_embed):
+            for m in emb.mlp if emb is not None else ():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+                    nn.init.zeros_(m.bias)
 
     def flops_per_sample(self, frames: int | None = None) -> float:
         """Training FLOPs per clip (see ``DynamicsTransformer.flops_per_sample``)."""
@@ -87,15 +99,38 @@ class DiffusionDynamics(nn.Module):
         actions: Tensor | None,
         cache: KVCache | None = None,
         write_cache: bool = False,
+        prev: Tensor | None = None,
+        prev_level: Tensor | None = None,
     ) -> Tensor:
-        """Raw network output for noisy frames ``x`` ``[B, T, h, w, C]`` at levels ``s`` ``[B, T]``."""
-        return self.backbone(x, actions, self.noise_embed(s), cache, write_cache)
+        """Network output for noisy frames ``x`` ``[B, T, h, w, C]`` at levels ``s`` ``[B, T]``.
+
+        Residual models also take each frame's predecessor ``prev`` (like ``x``; zeros for frame
+        0) at augmentation level ``prev_level`` ``[B, T]`` (zeros when None), and return the
+        clean-frame estimate ``prev + network output``. Otherwise the raw output (v or x0).
+        """
+        cond = self.noise_embed(s)
+        if not self.cfg.residual:
+            return self.backbone(x, actions, cond, cache, write_cache)
+        if prev is None:
+            raise ValueError("a residual dynamics model needs each frame's predecessor: pass prev=")
+        level = torch.zeros_like(s) if prev_level is None else prev_level
+        assert self.context_noise_embed is not None
+        cond = cond + self.context_noise_embed(level)
+        out = self.backbone(torch.cat([x, prev], dim=-1), actions, cond, cache, write_cache)
+        return prev + out
 
     def _x0_eps(self, x: Tensor, s: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
         """Clean and noise estimates from the network output; ``s`` broadcastable to ``x``."""
         if self.cfg.prediction == "v":
             return x - s * out, x + (1 - s) * out
         return out, (x - (1 - s) * out) / s.clamp_min(1e-4)
+
+    @staticmethod
+    def predecessors(frames: Tensor, first: Tensor | None = None) -> Tensor:
+        """Each frame's predecessor: ``[B, T, h, w, C]`` -> the same shifted by one frame, with
+        ``first`` (the frame before, ``[B, 1, h, w, C]``) or zeros in front."""
+        head = torch.zeros_like(frames[:, :1]) if first is None else first
+        return torch.cat([head, frames[:, :-1]], dim=1)
 
     def noise_levels(self, u: Tensor) -> Tensor:
         """Map uniform ``u`` in ``[0, 1]`` through the schedule shift (more time at high noise if > 1)."""
@@ -109,6 +144,7 @@ class DiffusionDynamics(nn.Module):
         Returns ``loss`` (MSE of the prediction target) and ``x0_mse`` (error of the implied clean
         latents, comparable between ``v`` and ``x0`` prediction).
         """
+        cfg = self.cfg
         self._check(latents, "latents")
         x0 = latents.permute(0, 2, 3, 4, 1)  # [B, T, h, w, C]
         b, t = x0.shape[:2]
@@ -116,13 +152,58 @@ class DiffusionDynamics(nn.Module):
         sb = s[:, :, None, None, None].to(x0.dtype)
         eps = torch.randn_like(x0)
         xs = (1 - sb) * x0 + sb * eps
-        out = self.predict(xs, s, actions)
-        target = eps - x0 if self.cfg.prediction == "v" else x0
-        x0_hat, _ = self._x0_eps(xs, sb, out)
+        actions = self.drop_actions(actions)
+        if not cfg.residual:
+            out = self.predict(xs, s, actions)
+            target = eps - x0 if cfg.prediction == "v" else x0
+            x0_hat, _ = self._x0_eps(xs, sb, out)
+            return {
+                "loss": F.mse_loss(out.float(), target.float()),
+                "x0_mse": F.mse_loss(x0_hat.float().detach(), x0.float()),
+            }
+        if t < 2:
+            raise ValueError(
+                "a residual dynamics model trains on clips of >= 2 latent frames (model.max_frames)"
+            )
+        level = torch.rand(b, t, device=x0.device) * cfg.context_noise
+        prev = self.predecessors(x0)
+        if cfg.self_forcing > 0:
+            prev = self.own_predecessors(x0, prev, actions, cfg.self_forcing)
+        prev = prev + level[:, :, None, None, None].to(x0.dtype) * torch.randn_like(prev)
+        x0_hat = self.predict(xs, s, actions, prev=prev, prev_level=level)
+        # Frame 0 has no predecessor: it is context, not a target.
+        err = (x0_hat[:, 1:].float() - x0[:, 1:].float()) ** 2
+        copy = (x0[:, :-1].float() - x0[:, 1:].float()) ** 2
         return {
-            "loss": F.mse_loss(out.float(), target.float()),
-            "x0_mse": F.mse_loss(x0_hat.float().detach(), x0.float()),
+            "loss": err.mean(),
+            "x0_mse": err.detach().mean(),
+            "copy_last_mse": copy.mean(),  # what copying the previous frame would score
         }
+
+    @torch.no_grad()
+    def own_predecessors(self, x0: Tensor, prev: Tensor, actions: Tensor | None, p: float) -> Tensor:
+        """For a fraction ``p`` of the clips, replace each frame's predecessor by the model's
+        one-step prediction of it from the true past (what an open-loop rollout feeds back);
+        ``x0``, ``prev`` ``[B, T, h, w, C]``. Frame 0 keeps its zeros, frame 1 the true frame 0."""
+        b, t = x0.shape[:2]
+        chosen = torch.rand(b, device=x0.device) < p
+        if not chosen.any() or t < 3:
+            return prev
+        noise = torch.randn_like(x0)
+        pred = self.predict(noise, torch.ones(b, t, device=x0.device), actions, prev=prev)
+        own = torch.cat([prev[:, :2], pred[:, 1:-1]], dim=1)  # frame t's predecessor: pred of t-1
+        return torch.where(chosen[:, None, None, None, None], own.to(prev.dtype), prev)
+
+    def drop_actions(self, actions: Tensor | None) -> Tensor | None:
+        """Training only: each clip's actions become "no action" with probability ``action_dropout``."""
+        p = self.cfg.action_dropout
+        if actions is None or not self.training or p <= 0:
+            return actions
+        keep = torch.rand(actions.shape[0], device=actions.device) >= p
+        keep = keep.view(-1, *([1] * (actions.dim() - 1)))
+        if actions.is_floating_point():
+            return actions * keep.to(actions.dtype)
+        return torch.where(keep, actions, torch.full_like(actions, self.cfg.num_actions))
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -139,8 +220,10 @@ class DiffusionDynamics(nn.Module):
         """Generate ``horizon`` frames after ``context`` ``[B, C, Tc, h, w]`` -> ``[B, C, horizon, h, w]``.
 
         ``actions`` cover context and horizon: ``[B, Tc + horizon]`` (or ``[..., A]``). Noise
-        comes from ``generator``; the sampler is deterministic given it. ``use_cache=False``
-        reruns the whole past at every step (same result, for testing and comparison).
+        comes from ``generator``; the sampler is deterministic given it. Each new frame sees at
+        most the ``max_frames - 1`` frames before it, as in training (a sliding window; see
+        ``DynamicsTransformer.trim_cache``). ``use_cache=False`` reruns that window at every
+        step: the same result while context + horizon <= ``max_frames``, for testing.
         """
         self._check(context, "context")
         cfg = self.cfg
@@ -152,11 +235,18 @@ class DiffusionDynamics(nn.Module):
         check_rollout_actions(actions, b, tc + horizon)
         frames = context.permute(0, 2, 3, 4, 1)  # [B, Tc, h, w, C]
         levels = self.noise_levels(torch.linspace(1, 0, steps + 1, device=context.device))
+        window = max(1, cfg.max_frames - 1)
         cache = KVCache() if use_cache else None
         if cache is not None:
             self.predict(
-                frames, torch.zeros(b, tc, device=frames.device), frame_slice(actions, 0, tc), cache, True
+                frames,
+                torch.zeros(b, tc, device=frames.device),
+                frame_slice(actions, 0, tc),
+                cache,
+                True,
+                prev=self.predecessors(frames) if cfg.residual else None,
             )
+            self.backbone.trim_cache(cache, window)
         for i in range(horizon):
             t = tc + i
             x = torch.randn(b, 1, h, w, cfg.latent_channels, generator=generator, device=frames.device)
@@ -171,12 +261,14 @@ class DiffusionDynamics(nn.Module):
                     x = x + (s_next - s) * 0.5 * (v + v_next)
                 else:
                     x = x_euler
+            prev = frames[:, -1:] if cfg.residual else None
             frames = torch.cat([frames, x], dim=1)
             if cache is not None and i + 1 < horizon:
                 # The finished frame, clean, goes into the cache for the frames after it.
                 self.predict(
-                    x, torch.zeros(b, 1, device=x.device), frame_slice(actions, t, t + 1), cache, True
+                    x, torch.zeros(b, 1, device=x.device), frame_slice(actions, t, t + 1), cache, True, prev
                 )
+                self.backbone.trim_cache(cache, window)
         return frames[:, tc:].permute(0, 4, 1, 2, 3)
 
     def _velocity(
@@ -187,12 +279,17 @@ class DiffusionDynamics(nn.Module):
         With a cache the past comes from it; without, the clean ``past`` ``[B, t, h, w, C]`` is rerun.
         """
         b = x.shape[0]
+        residual = self.cfg.residual
         sl = torch.full((b, 1), s, device=x.device)
         if cache is not None:
-            out = self.predict(x, sl, frame_slice(actions, t, t + 1), cache)
+            prev = past[:, -1:] if residual else None
+            out = self.predict(x, sl, frame_slice(actions, t, t + 1), cache, prev=prev)
         else:
-            seq = torch.cat([past, x], dim=1)
-            lv = torch.cat([torch.zeros(b, t, device=x.device), sl], dim=1)
-            out = self.predict(seq, lv, frame_slice(actions, 0, t + 1))[:, -1:]
+            start = max(0, t - max(1, self.cfg.max_frames - 1))  # the window training showed
+            seq = torch.cat([past[:, start:], x], dim=1)
+            lv = torch.cat([torch.zeros(b, t - start, device=x.device), sl], dim=1)
+            first = past[:, start - 1 : start] if start > 0 else None
+            prev = self.predecessors(seq, first) if residual else None
+            out = self.predict(seq, lv, frame_slice(actions, start, t + 1), prev=prev)[:, -1:]
         x0, eps = self._x0_eps(x, torch.tensor(s, device=x.device, dtype=x.dtype), out)
         return eps - x0

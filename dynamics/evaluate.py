@@ -26,18 +26,52 @@ frames' actions taken from another held-out clip (the next in the selection; the
 its recorded actions); ``action_sensitivity_psnr`` = model_psnr(recorded) - model_psnr(other).
 Skipped when the model has no actions or fewer than two clips are evaluated.
 
+Counterfactual actions (EVALUATION.md, simulator data; on when ``branches`` names branch files,
+``pipeline/branches.py``: two futures of one saved emulator state, A under the recorded actions
+and B under other ones, after the same context frames). Each file's frames are resized to
+``branch_size`` the way curation resized the training clips (``branch_resize``; PyAV's AREA
+scaler), cut to the ``1 + (context-1) tau`` source frames before the branch point and
+``horizon tau`` after it (``horizon`` is clamped to the shortest file's future and eval.json
+says so), and both sequences are encoded. The model rolls out from the same context latents with
+the same noise under A's and under B's actions, grouped per latent frame as in training. Per
+horizon ``h`` (mean over branches; PSNR in dB per source frame on uint8 at branch_size):
+
+- ``factual_psnr``: decoded rollout A against the true frames under A;
+- ``counterfactual_psnr``: decoded rollout B against the true frames under B (the real test);
+- ``counterfactual_latent_mse``: rollout B against the encoded true B, in tokenizer units;
+- ``true_ab_psnr``: true A against true B, how much the change of actions changes the game
+  (identical frames count as 100 dB);
+- ``action_response_ratio``: pixel MSE (uint8 units squared) of decoded rollout A against decoded
+  rollout B over that of true A against true B, summed over branches before dividing (a ratio of
+  means): 1 = the model reacts to the change of actions as much as the game, 0 = it ignores the
+  actions; NaN in the CSV (null in eval.json) where the true futures are identical in every branch;
+- ``action_response_ratio_recon``: the same with the denominator through the tokenizer
+  (decode(encode(true A)) against decode(encode(true B))): the dynamics model alone, not penalised
+  for what the tokenizer cannot show.
+
+Skipped (and said so) for a model without actions, or with continuous ones (branch files hold
+discrete Atari actions).
+
 Outputs (vidworld/report.py documents the folder): ``compounding_error.csv``,
-``action_sensitivity.csv``, ``compounding_error.png``, ``rollout.mp4`` (the first clip,
-truth | model), ``eval.json`` (provenance and verdict), and a W&B run (``wandb.mode``) with the
-keys ``vidworld.dashboard`` reads: ``compounding/*`` against ``compounding/horizon``, the table
-``eval/compounding_error``, ``eval/compounding_error_figure`` and ``eval/rollout_video``.
+``action_sensitivity.csv``, ``counterfactual.csv``, ``compounding_error.png``, ``rollout.mp4``
+(the first clip, truth | model), ``counterfactual.mp4`` (the first branch, truth A | model A |
+truth B | model B), ``eval.json`` (provenance, verdict, and a ``counterfactual`` object: status
+``computed`` / ``off`` / ``skipped: REASON``, the branch files, horizon, rows, and the rows of
+each game alone under ``games``), and a W&B run
+(``wandb.mode``) with the keys ``vidworld.dashboard`` reads: ``compounding/*`` and
+``counterfactual/*`` against ``compounding/horizon``, the tables ``eval/compounding_error`` and
+``eval/counterfactual``, ``eval/compounding_error_figure``, ``eval/rollout_video`` and
+``eval/counterfactual_video``. A file of a part not computed this run is removed, so a stale one
+is never read as this run's.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
 import io
+import itertools
 import json
 import math
 import os
@@ -45,8 +79,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
+from torch import Tensor
 
 from dynamics.rollout import (
     SamplingConfig,
@@ -56,16 +93,23 @@ from dynamics.rollout import (
     source_frames,
     source_slice,
 )
+from pipeline.branches import BRANCH_SUFFIX, read_branch
+from pipeline.clips import RESIZE_MODES, center_crop, decode_size
 from pipeline.video import encode_mp4
 from tokenizer.evaluate import iter_split, machine_name, select_samples, utc_now
-from tokenizer.metrics import psnr
+from tokenizer.metrics import from_uint8, psnr
 from vidworld.config import load_config
 from vidworld.files import atomic_write_bytes, atomic_write_text
 from vidworld.progress import Progress
-from vidworld.report import COMPOUNDING_COLUMNS, compounding_verdict
+from vidworld.report import COMPOUNDING_COLUMNS, COUNTERFACTUAL_COLUMNS, compounding_verdict
 from vidworld.tracking import WandbConfig
 
 ACTION_COLUMNS = ("horizon", "action_sensitivity_psnr")
+# vidworld.report.COUNTERFACTUAL_COLUMNS are these means over branches, then two ratios of sums over
+# branches of the per-branch pixel MSEs (uint8 units squared) in RESPONSE_TERMS: the numerator
+# (rollout A against rollout B) and the two denominators (true A against true B; through the tokenizer).
+COUNTERFACTUAL_MEANS = ("factual_psnr", "counterfactual_psnr", "counterfactual_latent_mse", "true_ab_psnr")
+RESPONSE_TERMS = ("rollout_ab_mse", "true_ab_mse", "recon_ab_mse")
 
 
 @dataclasses.dataclass
@@ -83,6 +127,12 @@ class EvaluateConfig:
     context: int = 2  # latent frames of real context
     horizon: int = 2  # latent frames rolled out open-loop
     action_sensitivity: bool = True
+    # Counterfactual actions: branch files of simulator data (`vidworld samples` writes
+    # OUT/branches/GAME-bNN.npz; pipeline/branches.py), a folder or a glob; empty: off.
+    branches: str = ""
+    branch_size: int = 64  # pixels: the curated clips' `size`, which the model was trained at
+    branch_resize: str = "squash"  # the curated clips' `resize` (squash | center_crop)
+    max_branches: int = 8  # taken in turn from each game (the file name before "-bNN"); 0: all
     device: str = "auto"
     fps: float = 15.0
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
@@ -153,6 +203,20 @@ def plot_curve(rows: list[dict[str, float]], path: Path, title: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def roll_out(
+    world: WorldModel,
+    ctx: torch.Tensor,
+    actions: torch.Tensor | None,
+    horizon: int,
+    noise_seed: int,
+    sampling: SamplingConfig,
+) -> torch.Tensor:
+    """``ctx`` followed by ``horizon`` rolled-out latent frames (model space), the sampling noise
+    seeded by ``noise_seed`` so that rollouts under different actions share it."""
+    g = torch.Generator(device=world.device).manual_seed(noise_seed)
+    return world.cat(ctx, world.rollout(ctx, actions, horizon, g, sampling))
+
+
 def score_clip(
     world: WorldModel,
     x: torch.Tensor,
@@ -175,18 +239,12 @@ def score_clip(
     c, tau = context, world.tau
     ctx = world.slice(x, 0, c)
     last = world.slice(ctx, c - 1, c)
-
-    def roll(a: torch.Tensor | None) -> torch.Tensor:
-        g = torch.Generator(device=world.device).manual_seed(noise_seed)
-        return world.cat(ctx, world.rollout(ctx, a, horizon, g, sampling))
-
-    seq_model = roll(actions)
+    seq_model = roll_out(world, ctx, actions, horizon, noise_seed, sampling)
     seqs = [seq_model, world.cat(ctx, *([last] * horizon)), x.to(seq_model.dtype)]
     if other_actions is not None and actions is not None:
         # Same context and context actions; only the rolled-out frames get the other clip's actions.
-        seqs.append(
-            roll(torch.cat([actions[:, :c], other_actions[:, c : c + horizon].to(actions.device)], 1))
-        )
+        other = torch.cat([actions[:, :c], other_actions[:, c : c + horizon].to(actions.device)], 1)
+        seqs.append(roll_out(world, ctx, other, horizon, noise_seed, sampling))
     # One decode for all: model, copy-last, truth (the recon ceiling), other-actions rollout.
     decoded = world.decode(torch.cat(seqs, dim=0))
     if decoded.shape[1:] != truth.shape:
@@ -216,9 +274,249 @@ def score_clip(
     return out, model_px
 
 
+# -- counterfactual actions ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BranchWindow:
+    """One branch file cut for scoring. ``truth`` uint8 ``[2, n, S, S, 3]`` (A, B) and ``actions``
+    int64 ``[2, n]``: the ``n = 1 + (context + horizon - 1) tau`` source frames from the first
+    context frame kept; A and B differ from source frame ``1 + (context - 1) tau`` on."""
+
+    path: str
+    game: str
+    fps: float
+    truth: Tensor
+    actions: Tensor
+
+
+def branch_files(spec: str) -> list[Path]:
+    """The branch files (``.npz``) of a folder or a glob, in name order."""
+    p = Path(spec)
+    found = sorted(p.glob(f"*{BRANCH_SUFFIX}")) if p.is_dir() else sorted(Path(f) for f in glob.glob(spec))
+    found = [f for f in found if f.suffix == BRANCH_SUFFIX and f.is_file()]
+    if not found:
+        raise ValueError(
+            f"branches={spec!r} names no {BRANCH_SUFFIX} branch files: pass the branches/ folder that "
+            "`vidworld samples OUT` writes (OUT/branches), or branches='' to turn the counterfactual "
+            "evaluation off"
+        )
+    return found
+
+
+def resize_frames(frames: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """uint8 ``[T, H, W, 3]`` -> ``[T, size, size, 3]`` as curation resizes clips: to
+    ``pipeline.clips.decode_size`` with PyAV's AREA scaler (pipeline.probe.FrameReader's), then
+    ``center_crop`` for that mode."""
+    h, w = frames.shape[1:3]
+    tw, th = decode_size(w, h, 0, size, mode)
+    reformatter = VideoReformatter()
+    out = np.stack(
+        [
+            reformatter.reformat(
+                av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24"),
+                tw,
+                th,
+                "rgb24",
+                interpolation="AREA",
+            ).to_ndarray()
+            for f in frames
+        ]
+    )
+    return center_crop(out, size) if mode == "center_crop" else out
+
+
+def counterfactual_status(cfg: EvaluateConfig, world: WorldModel) -> str:
+    """``computed`` when the branch files will be scored, ``off``, or ``skipped: REASON``."""
+    if not cfg.branches:
+        return "off"
+    if world.cfg.action_type == "none":
+        return "skipped: the model takes no actions"
+    if world.cfg.action_type != "discrete":
+        return f"skipped: the model takes {world.cfg.action_type} actions; branch files hold discrete ones"
+    return "computed"
+
+
+def take_in_turn(paths: list[Path], limit: int) -> list[Path]:
+    """Up to ``limit`` (0: all) of ``paths``, one from each game in turn (the game is the file name
+    before its last "-": ``breakout-b03.npz`` -> ``breakout``), so a limit never drops a game."""
+    games: dict[str, list[Path]] = {}
+    for p in paths:
+        games.setdefault(p.stem.rsplit("-", 1)[0], []).append(p)
+    order = [p for group in itertools.zip_longest(*games.values()) for p in group if p is not None]
+    return order[:limit] if limit > 0 else order
+
+
+def load_branch_windows(cfg: EvaluateConfig, world: WorldModel) -> tuple[list[BranchWindow], int, str]:
+    """Read, check, cut and resize ``max_branches`` branch files (``take_in_turn``). Returns the windows,
+    the horizon in latent frames (``cfg.horizon`` clamped so that ``horizon tau`` source frames
+    fit in every file's future) and a note saying so when it was clamped."""
+    if cfg.branch_resize not in RESIZE_MODES or cfg.branch_size < 2:
+        raise ValueError(
+            f"branch_size={cfg.branch_size}, branch_resize={cfg.branch_resize!r}: set them to the curated "
+            f"clips' size (>= 2 pixels) and resize (one of {RESIZE_MODES})"
+        )
+    tau, c = world.tau, cfg.context
+    n_ctx = source_frames(c, tau)
+    paths = take_in_turn(branch_files(cfg.branches), cfg.max_branches)
+    branches = [(p, read_branch(p)) for p in paths]
+    for p, b in branches:
+        if b.context_frames < n_ctx:
+            raise ValueError(
+                f"branch file {p} has {b.context_frames} context frames but context={c} latent frames "
+                f"need {n_ctx} source frames before the branch point (tau={tau}): lower context to "
+                f"{1 + (b.context_frames - 1) // tau} or record branches with context_frames >= {n_ctx}"
+            )
+        if b.horizon_frames < tau:
+            raise ValueError(
+                f"branch file {p} has {b.horizon_frames} frames after the branch point, fewer than one "
+                f"latent frame (tau={tau}): record branches with horizon_frames >= {tau}"
+            )
+        acts = np.concatenate([b.actions_a, b.actions_b])
+        if acts.min() < 0 or acts.max() >= world.cfg.num_actions:
+            raise ValueError(
+                f"branch file {p} has actions {int(acts.min())}..{int(acts.max())} but the model takes "
+                f"0..{world.cfg.num_actions - 1}: score it with a model trained on that game's actions"
+            )
+    shortest, sb = min(branches, key=lambda pb: pb[1].horizon_frames)
+    hz = min(cfg.horizon, sb.horizon_frames // tau)
+    note = ""
+    if hz < cfg.horizon:
+        note = (
+            f"horizon clamped from {cfg.horizon} to {hz} latent frames: {shortest.name} holds "
+            f"{sb.horizon_frames} source frames after the branch point (tau={tau})"
+        )
+    n = source_frames(c + hz, tau)
+    windows: list[BranchWindow] = []
+    for p, b in branches:
+        cut = slice(b.context_frames - n_ctx, b.context_frames - n_ctx + n)
+        frames = [resize_frames(f[cut], cfg.branch_size, cfg.branch_resize) for f in (b.frames_a, b.frames_b)]
+        actions = np.stack([b.actions_a[cut], b.actions_b[cut]])
+        truth, acts = torch.from_numpy(np.stack(frames)), torch.from_numpy(actions)
+        windows.append(BranchWindow(str(p), b.game, b.fps, truth, acts))
+    return windows, hz, note
+
+
+def encode_branch(
+    world: WorldModel, frames: Tensor, actions: Tensor, key: str
+) -> tuple[Tensor, Tensor | None]:
+    """uint8 frames ``[n, S, S, 3]`` and their actions ``[n]`` -> ``(x, actions)`` as
+    ``WorldModel.prepare`` gives them for a latent-shard sample: latents stored as the tokenize job
+    stores them (float16 ``[T', C, h, w]``, or FSQ indices ``[T', h, w]``), actions grouped per
+    latent frame as in training."""
+    tok = world.tokenizer
+    video = from_uint8(frames[None].to(world.device))
+    p = next(iter(tok.parameters()), None)
+    if p is not None:
+        video = video.to(p.dtype)
+    if world.cfg.is_discrete:
+        sample = {"indices": tok.encode_indices(video)[0].cpu()}
+    else:
+        sample = {"latents": tok.encode(video)[0].permute(1, 0, 2, 3).to(torch.float16).cpu()}
+    grid = tuple(next(iter(sample.values())).shape[-2:])
+    if grid != (world.cfg.latent_height, world.cfg.latent_width):
+        raise ValueError(
+            f"branch {key}: {frames.shape[1]}x{frames.shape[2]} frames encode to a {grid[0]}x{grid[1]} "
+            f"latent grid but the model was trained on {world.cfg.latent_height}x{world.cfg.latent_width}: "
+            "set branch_size (and branch_resize) to the curated clips' size (and resize)"
+        )
+    return world.prepare({"key": key, **sample, "actions": actions})
+
+
+def _pixel_mse(a: Tensor, b: Tensor) -> float:
+    """Mean squared difference of uint8 frames, in uint8 units squared."""
+    return float((a.double() - b.double()).pow(2).mean())
+
+
+def score_branch(
+    world: WorldModel,
+    win: BranchWindow,
+    context: int,
+    horizon: int,
+    noise_seed: int,
+    sampling: SamplingConfig,
+) -> tuple[dict[str, np.ndarray], Tensor]:
+    """One branch's per-horizon figures, each ``[horizon]``: ``COUNTERFACTUAL_MEANS`` and the
+    ``RESPONSE_TERMS`` behind the ratios; and the decoded
+    rollouts uint8 ``[2, n, S, S, 3]`` (A, B). Both rollouts start from A's context latents (the
+    same frames: the encoder is causal) with the same noise."""
+    c, tau = context, world.tau
+    (xa, acts_a), (xb, acts_b) = (
+        encode_branch(world, win.truth[i], win.actions[i], f"{win.path}:{ab}") for i, ab in enumerate("AB")
+    )
+    ctx = world.slice(xa, 0, c)
+    seq_a = roll_out(world, ctx, acts_a, horizon, noise_seed, sampling)
+    seq_b = roll_out(world, ctx, acts_b, horizon, noise_seed, sampling)
+    # One decode for all: rollout A, rollout B, and true A and B through the tokenizer.
+    model_a, model_b, recon_a, recon_b = world.decode(
+        torch.cat([seq_a, seq_b, xa.to(seq_a.dtype), xb.to(seq_a.dtype)], dim=0)
+    )
+    true_a, true_b = win.truth
+    z_true_b, z_model_b = world.latents(xb), world.latents(seq_b)
+    out = {col: np.zeros(horizon) for col in (*COUNTERFACTUAL_MEANS, *RESPONSE_TERMS)}
+    for k in range(horizon):
+        i = c + k  # the latent frame of horizon k + 1
+        sl = source_slice(i, tau)
+        out["factual_psnr"][k] = psnr(true_a[sl], model_a[sl])
+        out["counterfactual_psnr"][k] = psnr(true_b[sl], model_b[sl])
+        out["counterfactual_latent_mse"][k] = float(((z_model_b[:, :, i] - z_true_b[:, :, i]) ** 2).mean())
+        out["true_ab_psnr"][k] = psnr(true_a[sl], true_b[sl])
+        out["rollout_ab_mse"][k] = _pixel_mse(model_a[sl], model_b[sl])
+        out["true_ab_mse"][k] = _pixel_mse(true_a[sl], true_b[sl])
+        out["recon_ab_mse"][k] = _pixel_mse(recon_a[sl], recon_b[sl])
+    return out, torch.stack([model_a, model_b])
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else math.nan
+
+
+def counterfactual_rows(scores: list[dict[str, np.ndarray]]) -> list[dict[str, float]]:
+    """``COUNTERFACTUAL_COLUMNS`` rows, one per horizon, from branches' ``score_branch`` figures:
+    ``COUNTERFACTUAL_MEANS`` averaged, the ratios as sums over sums of ``RESPONSE_TERMS``."""
+    sums = {col: np.sum([s[col] for s in scores], axis=0) for col in (*COUNTERFACTUAL_MEANS, *RESPONSE_TERMS)}
+    rows = []
+    for k in range(len(sums["rollout_ab_mse"])):
+        row = {
+            "horizon": float(k + 1),
+            **{col: float(sums[col][k] / len(scores)) for col in COUNTERFACTUAL_MEANS},
+        }
+        row["action_response_ratio"] = _ratio(sums["rollout_ab_mse"][k], sums["true_ab_mse"][k])
+        row["action_response_ratio_recon"] = _ratio(sums["rollout_ab_mse"][k], sums["recon_ab_mse"][k])
+        rows.append(row)
+    return rows
+
+
+def score_branches(
+    world: WorldModel, windows: list[BranchWindow], context: int, horizon: int, cfg: EvaluateConfig
+) -> tuple[list[dict[str, float]], dict[str, list[dict[str, float]]], np.ndarray]:
+    """The counterfactual rows over all windows and over each game's (``{game: rows}``; the games'
+    scales differ, EVALUATION.md), and the first branch's video: truth A | model A | truth B |
+    model B, uint8 ``[n, S, 4S, 3]``."""
+    scores: list[dict[str, np.ndarray]] = []
+    video: np.ndarray | None = None
+    progress = Progress("counterfactual", len(windows), unit="branches")
+    for j, win in enumerate(windows):
+        figures, model = score_branch(world, win, context, horizon, cfg.seed * 1_000_003 + j, cfg.sampling)
+        scores.append(figures)
+        if video is None:
+            n_ctx = source_frames(context, world.tau)
+            pairs = [side_by_side(win.truth[i].numpy(), model[i].numpy(), n_ctx) for i in range(2)]
+            video = np.ascontiguousarray(np.concatenate(pairs, axis=2))
+        progress.update(1)
+    progress.close()
+    assert video is not None
+    per_game = {
+        game: counterfactual_rows([s for s, w in zip(scores, windows, strict=True) if w.game == game])
+        for game in sorted({w.game for w in windows})
+    }
+    return counterfactual_rows(scores), per_game, video
+
+
 @torch.no_grad()
 def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, Any]:
-    """Run the evaluation; returns the ``eval.json`` dict (with ``rows`` and ``action_rows``)."""
+    """Run the evaluation; returns the ``eval.json`` dict (with ``rows`` and ``action_rows``; the
+    ``counterfactual`` object's rows keep NaN where eval.json has null)."""
     if cfg.context < 1 or cfg.horizon < 1:
         raise ValueError(f"context={cfg.context}, horizon={cfg.horizon}: both must be >= 1 latent frames")
     world = world or WorldModel.load(cfg.checkpoint, cfg.tokenizer, cfg.device)
@@ -243,6 +541,9 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
     for s in chosen:
         if s["meta"].get("split", cfg.split) != cfg.split:
             raise ValueError(f"clip {s['key']!r} is in split {s['meta'].get('split')!r}, not {cfg.split!r}")
+    cf_status = counterfactual_status(cfg, world)
+    # Read and check the branch files before the long part, so that a bad one fails at once.
+    windows, cf_hz, cf_note = load_branch_windows(cfg, world) if cf_status == "computed" else ([], 0, "")
     truth_by_key = clip_frames_by_key(cfg.clips, cfg.split, {s["key"] for s in chosen})
     prepared = []
     for s in chosen:
@@ -272,6 +573,9 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
             video = side_by_side(truth.numpy(), model_px.numpy(), source_frames(c, tau))
         progress.update(1)
     progress.close()
+    cf_rows, cf_per_game, cf_video = (
+        score_branches(world, windows, c, cf_hz, cfg) if windows else ([], {}, None)
+    )
     n = len(chosen)
     sens = sums.pop("action_sensitivity_psnr", None)
     rows = [{"horizon": float(k + 1), **{col: float(v[k] / n) for col, v in sums.items()}} for k in range(hz)]
@@ -288,6 +592,12 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
         _write_csv(sens_path, ACTION_COLUMNS, action_rows)
     elif sens_path.exists():
         sens_path.unlink()  # a stale file from an earlier run would be read as this run's
+    if cf_video is not None:
+        _write_csv(out / "counterfactual.csv", COUNTERFACTUAL_COLUMNS, cf_rows)
+        atomic_write_bytes(out / "counterfactual.mp4", encode_mp4(cf_video, fps=windows[0].fps))
+    else:
+        for name in ("counterfactual.csv", "counterfactual.mp4"):
+            (out / name).unlink(missing_ok=True)
     resolution = ",".join(sorted(resolutions))
     info: dict[str, Any] = {
         "data": {
@@ -311,6 +621,18 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
         "date": utc_now(),
         "action_sensitivity": _sensitivity_status(bool(action_rows), uses_actions, cfg.action_sensitivity),
         "verdict": verdict(rows),
+        "counterfactual": {
+            "status": cf_status,
+            "branches": len(windows),
+            "files": [w.path for w in windows],
+            "resolution": f"{cfg.branch_size}x{cfg.branch_size}" if windows else "",
+            "resize": cfg.branch_resize if windows else "",
+            "horizon_latent_frames": cf_hz,
+            "source_frames_per_latent_frame": tau,
+            "note": cf_note,
+            "rows": cf_rows,
+            "games": cf_per_game,  # env id -> the same rows over that game's branches alone
+        },
     }
     title = (
         f"{n} {cfg.split} clips at {resolution}, step {world.step}, context {c} latent frames\n"
@@ -320,9 +642,24 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
     plot_curve(rows, out / "compounding_error.png", title)
     assert video is not None
     atomic_write_bytes(out / "rollout.mp4", encode_mp4(video, fps=cfg.fps))
-    atomic_write_text(out / "eval.json", json.dumps(info, indent=2))
+    atomic_write_text(out / "eval.json", json.dumps(_finite_or_null(info), indent=2))
     log_to_wandb(cfg, out, rows, action_rows, info)
     return {**info, "rows": rows, "action_rows": action_rows}
+
+
+def _finite_or_null(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as None, so that eval.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_null(v) for v in obj]
+    return obj
+
+
+def _table(wandb: Any, columns: tuple[str, ...], rows: list[dict[str, float]]) -> Any:
+    return wandb.Table(columns=list(columns), data=[[r[c] for c in columns] for r in rows])
 
 
 def log_to_wandb(
@@ -333,7 +670,9 @@ def log_to_wandb(
     info: dict[str, Any],
 ) -> None:
     """The curve as ``compounding/*`` against ``compounding/horizon`` (a line plot per column), the
-    table ``eval/compounding_error``, the figure and the rollout video (keys: vidworld.dashboard)."""
+    table ``eval/compounding_error``, the figure and the rollout video (keys: vidworld.dashboard);
+    when computed, the counterfactual columns as ``counterfactual/*`` against the same horizon,
+    the table ``eval/counterfactual`` and ``eval/counterfactual_video``."""
     if cfg.wandb.mode == "disabled":
         return
     import wandb  # only when logging: it is slow to import
@@ -355,29 +694,33 @@ def log_to_wandb(
         job_type="eval",
         mode=mode,
         dir=str(out),
-        config={"eval": json.loads(json.dumps(dataclasses.asdict(cfg))), "provenance": info},
+        config={"eval": json.loads(json.dumps(dataclasses.asdict(cfg))), "provenance": _finite_or_null(info)},
         settings=wandb.Settings(console="off", silent=True),
     )
     try:
         run.define_metric(HORIZON_KEY)
         run.define_metric("compounding/*", step_metric=HORIZON_KEY)
+        run.define_metric("counterfactual/*", step_metric=HORIZON_KEY)
         sens = {int(r["horizon"]): r["action_sensitivity_psnr"] for r in action_rows}
+        # The counterfactual horizon is at most the curve's (clamped to the branch files' future).
+        cf_rows = info["counterfactual"]["rows"]
+        cf = {int(r["horizon"]): r for r in cf_rows}
         for r in rows:
             h = int(r["horizon"])
             row = {HORIZON_KEY: h, **{f"compounding/{k}": v for k, v in r.items() if k != "horizon"}}
             if h in sens:
                 row[ACTION_KEY] = sens[h]
+            row.update({f"counterfactual/{k}": v for k, v in cf.get(h, {}).items() if k != "horizon"})
             run.log({k: v for k, v in row.items() if not (isinstance(v, float) and not math.isfinite(v))})
-        table = wandb.Table(
-            columns=list(COMPOUNDING_COLUMNS), data=[[r[c] for c in COMPOUNDING_COLUMNS] for r in rows]
-        )
-        run.log(
-            {
-                "eval/compounding_error": table,
-                "eval/compounding_error_figure": wandb.Image(str(out / "compounding_error.png")),
-                "eval/rollout_video": wandb.Video(str(out / "rollout.mp4"), format="mp4"),
-            }
-        )
+        logged = {
+            "eval/compounding_error": _table(wandb, COMPOUNDING_COLUMNS, rows),
+            "eval/compounding_error_figure": wandb.Image(str(out / "compounding_error.png")),
+            "eval/rollout_video": wandb.Video(str(out / "rollout.mp4"), format="mp4"),
+        }
+        if cf_rows:
+            logged["eval/counterfactual"] = _table(wandb, COUNTERFACTUAL_COLUMNS, cf_rows)
+            logged["eval/counterfactual_video"] = wandb.Video(str(out / "counterfactual.mp4"), format="mp4")
+        run.log(logged)
     finally:
         run.finish()
 
@@ -401,5 +744,20 @@ def cli(config_path: str, overrides: list[str]) -> int:
         print("  ".join(f"{r[c]:>20.4g}" for c in COMPOUNDING_COLUMNS))
     for r in res["action_rows"]:
         print(f"action sensitivity at h={int(r['horizon'])}: {r['action_sensitivity_psnr']:+.3f} dB")
+    cf = res["counterfactual"]
+    if cf["status"] == "computed":
+        note = f" ({cf['note']})" if cf["note"] else ""
+        print(f"counterfactual actions: {cf['branches']} branches at {cf['resolution']}{note}")
+        for r in cf["rows"]:
+            print(
+                f"counterfactual at h={int(r['horizon'])}: factual {r['factual_psnr']:.2f} dB, "
+                f"counterfactual {r['counterfactual_psnr']:.2f} dB "
+                f"(latent MSE {r['counterfactual_latent_mse']:.4g}), "
+                f"true A vs B {r['true_ab_psnr']:.2f} dB, "
+                f"action response ratio {r['action_response_ratio']:.3f} "
+                f"(through the tokenizer {r['action_response_ratio_recon']:.3f})"
+            )
+    elif cf["status"] != "off":
+        print(f"counterfactual actions: {cf['status']}")
     print(f"verdict: {compounding_verdict(res['rows'])}\noutput: {cfg.output}", flush=True)
     return 0

@@ -101,8 +101,10 @@ class MaskGITDynamics(nn.Module):
         """Generate ``horizon`` frames after ``context`` ``[B, Tc, h, w]`` -> ``[B, horizon, h, w]``.
 
         ``actions`` ``[B, Tc + horizon]``. ``temperature=0`` picks the most likely token
-        (deterministic); otherwise tokens are drawn with ``generator``. ``use_cache=False``
-        reruns the whole past at every step (same result, for testing and comparison).
+        (deterministic); otherwise tokens are drawn with ``generator``. Each new frame sees at
+        most the ``max_frames - 1`` frames before it, as in training (a sliding window).
+        ``use_cache=False`` reruns that window at every step (the same result while context +
+        horizon <= ``max_frames``, for testing and comparison).
         """
         self._check(context, "context")
         cfg = self.cfg
@@ -112,9 +114,11 @@ class MaskGITDynamics(nn.Module):
         b, tc, h, w = context.shape
         check_rollout_actions(actions, b, tc + horizon)
         frames = context
+        window = max(1, cfg.max_frames - 1)
         cache = KVCache() if use_cache else None
         if cache is not None:
             self.logits(frames, frame_slice(actions, 0, tc), cache, True)
+            self.backbone.trim_cache(cache, window)
         n = h * w
         for i in range(horizon):
             t = tc + i
@@ -123,7 +127,9 @@ class MaskGITDynamics(nn.Module):
                 if cache is not None:
                     logits = self.logits(cur, frame_slice(actions, t, t + 1), cache)
                 else:
-                    logits = self.logits(torch.cat([frames, cur], 1), frame_slice(actions, 0, t + 1))[:, -1:]
+                    start = max(0, t - window)
+                    seq = torch.cat([frames[:, start:], cur], 1)
+                    logits = self.logits(seq, frame_slice(actions, start, t + 1))[:, -1:]
                 sampled, conf = _sample(logits.float().flatten(1, 3), temperature, top_k, generator)
                 hidden = cur.flatten(1) == self.mask_id
                 cur_flat = torch.where(hidden, sampled, cur.flatten(1))
@@ -137,6 +143,7 @@ class MaskGITDynamics(nn.Module):
             frames = torch.cat([frames, cur], dim=1)
             if cache is not None and i + 1 < horizon:
                 self.logits(cur, frame_slice(actions, t, t + 1), cache, True)
+                self.backbone.trim_cache(cache, window)
         return frames[:, tc:]
 
 

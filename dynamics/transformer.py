@@ -303,6 +303,23 @@ class DynamicsTransformer(nn.Module):
         fo = self.out_features
         return out.reshape(b, t, gh, gw, p, p, fo).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h, w, fo)
 
+    def trim_cache(self, cache: KVCache, keep_frames: int) -> None:
+        """Keep only the last ``keep_frames`` frames' keys and values (a sliding context window).
+
+        A rollout past ``max_frames`` then attends over no more frames, and no longer relative
+        positions, than training showed it. The kept frames' features still carry what they saw
+        when they were written, so this equals rerunning the window only while nothing was dropped.
+        """
+        n = self.cfg.tokens_per_frame
+        for i, kind in enumerate(self.block_kinds):
+            if i not in cache.layers:
+                continue
+            per_frame = n if kind == "full" else 1
+            k, v = cache.layers[i]
+            keep = keep_frames * per_frame
+            if k.shape[2] > keep:
+                cache.layers[i] = (k[:, :, -keep:], v[:, :, -keep:])
+
     # -- accounting ---------------------------------------------------------------------------
     def flops_per_sample(self, frames: int) -> float:
         """Training FLOPs (forward + backward = 3x forward) for one clip of ``frames`` latent frames.

@@ -2,7 +2,8 @@
 
 ``vidworld curate jobs/curate.yaml input=PATH output=DIR [key=value ...]``
 
-1. ``pipeline.inputs`` lists the inputs; each gets a stable ``source_id`` (a hash of its source).
+1. ``pipeline.inputs`` lists the inputs (``curation_inputs`` leaves out branch files, ``*.npz``); each
+   gets a stable ``source_id`` (a hash of its source).
 2. Ray Data maps over the inputs not yet staged, one task per input. A task probes, decodes,
    splits, filters, transforms and encodes that input's clips (``curate_input``) and writes them,
    with the input's manifest row, to ``DIR/staging/CONFIG_HASH/SOURCE_ID.tar`` in one atomic
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import sys
 import tarfile
 import time
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
+from pipeline.branches import BRANCH_SUFFIX
 from pipeline.clips import (
     RESIZE_MODES,
     ClipPlan,
@@ -76,7 +79,9 @@ class CurateConfig:
     crf: int = 23  # x264 constant rate factor of the clips
     preset: str = "veryfast"  # x264 preset
     samples_per_shard: int = 64
-    heldout_fraction: float = 0.2  # of sources (never clips); at least one source when there are >= 2
+    # Held-out sources (never clips): split_sources groups them by (has actions, parent folder) and holds
+    # out this fraction of each group, by a hash of (seed, source); at least one of each group of >= 2.
+    heldout_fraction: float = 0.2
     seed: int = 0  # changes which sources are held out
     max_inputs: int = 0  # stage at most this many new inputs, then stop before packing (0: all)
     num_cpus: int | None = None  # CPUs of a local Ray cluster (ignored with RAY_ADDRESS)
@@ -355,6 +360,27 @@ def assign_splits(sources: list[str], heldout_fraction: float, seed: int = 0) ->
     return split
 
 
+def split_sources(has_actions: dict[str, bool], heldout_fraction: float, seed: int = 0) -> dict[str, str]:
+    """``{source: "train" | "heldout"}`` for sources given as ``{source: whether it has actions}``.
+
+    Sources are grouped by (has actions, parent folder: the source up to its last ``/``), and each group
+    is split on its own by ``assign_splits``: a source is held out when a hash of (``seed``, source)
+    falls below ``heldout_fraction``, and in a group of two or more sources with none below it, the
+    one with the lowest hash is. So the split is deterministic, depends on no order, and changes only
+    with the source strings, the seed and the fraction (and, for that one forced source, with which
+    other sources share its group). Every kind of video is held out somewhere: an action-conditioned
+    model always has held-out videos with actions to be evaluated on, and each folder of two or more
+    sources (``vidworld samples``: atari/breakout, atari/pong, natural, synthetic) has held-out ones.
+    """
+    groups: dict[tuple[bool, str], list[str]] = {}
+    for source, actions in has_actions.items():
+        groups.setdefault((bool(actions), posixpath.dirname(source)), []).append(source)
+    splits: dict[str, str] = {}
+    for sources in groups.values():
+        splits.update(assign_splits(sources, heldout_fraction, seed))
+    return splits
+
+
 def pack(
     items: list[InputItem], staging_dir: Path, out: Path, cfg: CurateConfig
 ) -> tuple[list[dict], list[Path]]:
@@ -376,15 +402,12 @@ def pack(
                     "(worker crash or out of memory); rerun the same command to retry it",
                 )
             )
-    # Split videos with actions and videos without separately, so that an action-conditioned model
-    # always has held-out videos with actions to be evaluated on (and the tokenizer both kinds).
-    groups: dict[bool, list[str]] = {True: [], False: []}
-    for row, clips in staged.values():
-        if row["status"] == "ok":
-            groups[any("actions.npy" in members for _, members in clips)].append(row["source"])
-    splits = {}
-    for sources in groups.values():
-        splits.update(assign_splits(sources, cfg.heldout_fraction, cfg.seed))
+    has_actions = {
+        row["source"]: any("actions.npy" in members for _, members in clips)
+        for row, clips in staged.values()
+        if row["status"] == "ok"
+    }
+    splits = split_sources(has_actions, cfg.heldout_fraction, cfg.seed)
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     _clean_temporaries(shard_dir)
@@ -407,13 +430,23 @@ def pack(
 # --- the job ------------------------------------------------------------------------------------
 
 
+def curation_inputs(spec: str) -> list[InputItem]:
+    """The job's inputs, sorted by source id: ``list_inputs(spec)`` less branch files (``*.npz``, the
+    counterfactual evaluation data that ``vidworld samples`` writes beside its videos; see
+    ``pipeline.branches``), which are not videos to cut into clips."""
+    items = [i for i in list_inputs(spec) if not i.source.endswith(BRANCH_SUFFIX)]
+    if not items:
+        raise ValueError(f"input {spec!r} matched only branch files ({BRANCH_SUFFIX}), no videos")
+    return sorted(items, key=lambda i: i.source_id)
+
+
 def run(cfg: CurateConfig) -> dict[str, Any]:
     """Run the whole job; returns the stats (also in ``DIR/stats.json``), with ``complete`` False
     when ``max_inputs`` stopped it before packing."""
     cfg.validate()
     t0 = time.monotonic()
     out = Path(cfg.output)
-    items = sorted(list_inputs(cfg.input), key=lambda i: i.source_id)
+    items = curation_inputs(cfg.input)
     staging_dir = out / "staging" / cfg.fingerprint()
     staging_dir.mkdir(parents=True, exist_ok=True)
     _clean_temporaries(staging_dir)

@@ -1,6 +1,6 @@
 """Every YAML under jobs/ loads against its schema (a config nobody loads is a bug waiting for a user).
 
-The chain files (demo.yaml, pretrain.yaml) are composed stage by stage with `vidworld run
+The chain files (demo.yaml, worldmodel.yaml, pretrain.yaml) are composed stage by stage with `vidworld run
 prepare_only=true`, which validates every section against its stage's schema; demo.yaml and the
 stage files also run at debug size in tests/test_chain.py and the stages' own tests."""
 
@@ -18,7 +18,7 @@ from vidworld.config import load_config, load_yaml
 from vidworld.train import load_train_config
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
-CHAINS = {"demo.yaml", "pretrain.yaml"}
+CHAINS = {"demo.yaml", "worldmodel.yaml", "pretrain.yaml"}
 SCHEMAS = {"curate.yaml": CurateConfig, "tokenize.yaml": TokenizeConfig, "evaluate.yaml": EvaluateConfig,
            "rollout.yaml": RolloutConfig}  # fmt: skip
 REQUIRED = ["input=x", "output=y", "tokenizer=t", "checkpoint=c", "shards=s", "clips=c"]

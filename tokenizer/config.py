@@ -39,6 +39,13 @@ class TokenizerConfig:
 
     temporal_compression: int = 4
     spatial_compression: int = 8
+    # Pixels per side folded into channels before the first conv (space-to-depth, like Cosmos's
+    # Haar wavelet stage): the conv stack then runs at H/patch_size, which is what makes small
+    # frames cheap. Part of spatial_compression, not on top of it.
+    patch_size: int = 1
+    # Frames each conv looks back over (causal). 1 = every conv is per-frame, 3x cheaper; frames
+    # then mix only where time is downsampled (temporal_compression > 1).
+    temporal_kernel: int = 3
     base_channels: int = 32
     channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
     num_res_blocks: int = 1
@@ -58,6 +65,14 @@ class TokenizerConfig:
                 raise ValueError(f"TokenizerConfig.{name}={v}: must be a power of two (1, 2, 4, 8, 16)")
         if self.spatial_compression < 2:
             raise ValueError("TokenizerConfig.spatial_compression must be >= 2 (8 or 16 are usual)")
+        if self.temporal_kernel < 1:
+            raise ValueError(f"TokenizerConfig.temporal_kernel={self.temporal_kernel}: must be >= 1 (1 or 3)")
+        p = self.patch_size
+        if p < 1 or p & (p - 1) or p > self.spatial_compression:
+            raise ValueError(
+                f"TokenizerConfig.patch_size={p}: must be a power of two no larger than "
+                f"spatial_compression={self.spatial_compression} (1, 2, 4, ...)"
+            )
         if self.bottleneck not in ("gaussian", "fsq"):
             raise ValueError(f"TokenizerConfig.bottleneck={self.bottleneck!r}: use 'gaussian' or 'fsq'")
         if self.base_channels < 1 or not self.channel_multipliers or min(self.channel_multipliers) < 1:

@@ -7,12 +7,16 @@ data range 255, per frame (``tokenizer.metrics``), then the mean over frames and
     out_dir/metrics.json   {"recon_psnr": dB, "recon_ssim": 0..1, "resolution": "HxW", "clips": n,
                             "frames_per_clip": T, "split": "heldout", "keys": [...], "tokenizer": path,
                             "step": int | null, "date": ISO-8601 UTC, "machine": str,
+                            "by_group": {GROUP: {"recon_psnr", "recon_ssim", "clips"}},
                             "codebook_usage" / "codebook_perplexity" (FSQ tokenizers only)}
     out_dir/recon.mp4      side by side, original | reconstruction, a few clips one after another
 
-Which clips: those of ``split`` in the shards, ranked by a hash of ``(seed, key)`` and the first
-``max_clips`` taken, so the set is fixed by the config and its seed, needs one streaming pass and
-holds only ``max_clips`` clips in memory. A clip whose frame count is not ``1 + k * tau`` is cut
+Which clips: those of ``split`` in the shards, grouped by the folder their source video lies in
+(``breakout``, ``pong``, ``natural``...: ``source_group``), ranked within each group by a hash of
+``(seed, key)`` and the first ``max_clips`` of each group taken, so the set is fixed by the config
+and its seed, every kind of data is measured (``by_group``: Atari and photographs apart, never one
+number averaged over both), and one streaming pass holds at most ``max_clips`` clips per group.
+``recon_psnr`` is the mean over all chosen clips. A clip whose frame count is not ``1 + k * tau`` is cut
 to the longest such prefix. ``select_samples`` and ``machine_name`` are shared with
 ``dynamics.evaluate``.
 """
@@ -27,7 +31,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,17 +92,7 @@ def select_samples(samples: Iterable[dict[str, Any]], max_clips: int, seed: int)
     Streams: holds at most ``max_clips`` samples. The choice depends only on the keys present
     and the seed, not on shard order or count.
     """
-    if max_clips < 1:
-        raise ValueError(f"max_clips={max_clips}: evaluate at least one clip")
-    heap: list[tuple[str, int, dict[str, Any]]] = []  # max-heap on the rank via negated ordering
-    for i, s in enumerate(samples):
-        r = _rank(seed, s["key"])
-        item = (r, i, s)
-        if len(heap) < max_clips:
-            heapq.heappush(heap, _Neg(item))
-        elif r < heap[0].item[0]:
-            heapq.heapreplace(heap, _Neg(item))
-    return [n.item[2] for n in sorted(heap, key=lambda n: n.item[0])]
+    return select_by_group(samples, max_clips, seed, group=lambda meta: "")
 
 
 class _Neg:
@@ -111,6 +105,33 @@ class _Neg:
 
     def __lt__(self, other: _Neg) -> bool:
         return self.item[:2] > other.item[:2]
+
+
+def source_group(meta: dict[str, Any]) -> str:
+    """The kind of data a clip is, for per-kind figures: the name of its source's folder."""
+    source = str(meta.get("source", ""))
+    return Path(source.split("://")[-1]).parent.name or "other"
+
+
+def select_by_group(
+    samples: Iterable[dict[str, Any]],
+    max_clips: int,
+    seed: int,
+    group: Callable[[dict[str, Any]], str] = source_group,
+) -> list[dict[str, Any]]:
+    """``select_samples`` within each group (``group(meta)``, by default ``source_group``): up to
+    ``max_clips`` clips of every group, groups in name order. Holds at most ``max_clips`` per group."""
+    if max_clips < 1:
+        raise ValueError(f"max_clips={max_clips}: evaluate at least one clip")
+    heaps: dict[str, list[_Neg]] = {}
+    for i, s in enumerate(samples):
+        heap = heaps.setdefault(group(s.get("meta", {})), [])
+        item = (_rank(seed, s["key"]), i, s)
+        if len(heap) < max_clips:
+            heapq.heappush(heap, _Neg(item))
+        elif item[0] < heap[0].item[0]:
+            heapq.heapreplace(heap, _Neg(item))
+    return [n.item[2] for g in sorted(heaps) for n in sorted(heaps[g], key=lambda n: n.item[0])]
 
 
 def iter_split(shards: str, split: str, require: list[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -160,14 +181,14 @@ def evaluate_tokenizer(
     dev = resolve_device(device)
     tok = load_tokenizer(tokenizer_path, device=dev)
     tau = tok.temporal_compression
-    chosen = select_samples(iter_split(clip_shards, split), max_clips, seed)
+    chosen = select_by_group(iter_split(clip_shards, split), max_clips, seed)
     if not chosen:
         raise ValueError(
             f"no {split!r} clips in {clip_shards}: evaluate on shards curated with a held-out split "
             "(curate heldout_fraction > 0), or pass split=train to diagnose"
         )
     progress = Progress("tokenizer eval", len(chosen), unit="clips")
-    psnrs, ssims, keys, shown, resolutions, indices = [], [], [], [], set(), []
+    psnrs, ssims, keys, shown, resolutions, indices, groups = [], [], [], [], set(), [], []
     for s in chosen:
         frames = s["frames"]  # uint8 [T, H, W, 3]
         frames = frames[: valid_frames(frames.shape[0], tau)]
@@ -182,6 +203,7 @@ def evaluate_tokenizer(
         psnrs.append(psnr(frames, recon))
         ssims.append(ssim(frames, recon))
         keys.append(s["key"])
+        groups.append(source_group(s["meta"]))
         resolutions.add(f"{frames.shape[1]}x{frames.shape[2]}")
         if len(shown) < video_clips:
             shown.append(np.concatenate([frames.numpy(), recon.numpy()], axis=2))
@@ -201,6 +223,14 @@ def evaluate_tokenizer(
         "date": utc_now(),
         "machine": machine_name(),
         "seed": seed,
+        "by_group": {
+            g: {
+                "recon_psnr": float(np.mean([p for p, gg in zip(psnrs, groups, strict=True) if gg == g])),
+                "recon_ssim": float(np.mean([v for v, gg in zip(ssims, groups, strict=True) if gg == g])),
+                "clips": groups.count(g),
+            }
+            for g in sorted(set(groups))
+        },
     }
     if tok.is_discrete:
         usage = codebook_usage(torch.cat([i.flatten() for i in indices]), int(tok.codebook_size))

@@ -93,14 +93,19 @@ class FrameGroupNorm(nn.Module):
 
 
 class ResBlock3d(nn.Module):
-    """Pre-norm residual block of two causal 3x3x3 convs: ``[B, C_in, T, H, W] -> [B, C_out, T, H, W]``."""
+    """Pre-norm residual block of two causal ``kt x 3 x 3`` convs: ``[B, C_in, T, H, W]`` ->
+    ``[B, C_out, T, H, W]``.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    ``temporal_kernel`` 1 makes the block per-frame (a 2D block applied to each frame).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, temporal_kernel: int = 3) -> None:
         super().__init__()
+        k = (temporal_kernel, 3, 3)
         self.norm1 = FrameGroupNorm(in_channels)
-        self.conv1 = CausalConv3d(in_channels, out_channels, 3)
+        self.conv1 = CausalConv3d(in_channels, out_channels, k)
         self.norm2 = FrameGroupNorm(out_channels)
-        self.conv2 = CausalConv3d(out_channels, out_channels, 3)
+        self.conv2 = CausalConv3d(out_channels, out_channels, k)
         self.skip = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
@@ -130,10 +135,10 @@ class Upsample3d(nn.Module):
     latent frame (the image) stays one frame: the mirror of ``Downsample3d``.
     """
 
-    def __init__(self, channels: int, spatial: bool, temporal: bool) -> None:
+    def __init__(self, channels: int, spatial: bool, temporal: bool, temporal_kernel: int = 3) -> None:
         super().__init__()
         self.spatial, self.temporal = spatial, temporal
-        self.conv = CausalConv3d(channels, channels, 3)
+        self.conv = CausalConv3d(channels, channels, (temporal_kernel, 3, 3))
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
         if self.spatial:

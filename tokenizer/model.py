@@ -28,7 +28,7 @@ def _stage_plan(cfg: TokenizerConfig) -> list[tuple[int, bool, bool]]:
     Time is halved in the last stages (at lower resolution, where it is cheap and where frames
     already carry context), space in the first ones.
     """
-    n_s = int(math.log2(cfg.spatial_compression))
+    n_s = int(math.log2(cfg.spatial_compression // cfg.patch_size))
     n_t = int(math.log2(cfg.temporal_compression))
     n = max(n_s, n_t)
     mults = cfg.channel_multipliers
@@ -44,22 +44,24 @@ class Encoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig, out_channels: int) -> None:
         super().__init__()
         plan = _stage_plan(cfg)
-        self.conv_in = CausalConv3d(3, cfg.base_channels, 3)
+        self.patch_size = cfg.patch_size
+        kt = cfg.temporal_kernel
+        self.conv_in = CausalConv3d(3 * cfg.patch_size**2, cfg.base_channels, (kt, 3, 3))
         self.stages = nn.ModuleList()
         ch = cfg.base_channels
         for out_ch, spatial, temporal in plan:
             blocks = nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock3d(ch, out_ch))
+                blocks.append(ResBlock3d(ch, out_ch, kt))
                 ch = out_ch
             blocks.append(Downsample3d(ch, spatial, temporal))
             self.stages.append(blocks)
-        self.mid = nn.ModuleList([ResBlock3d(ch, ch), ResBlock3d(ch, ch)])
+        self.mid = nn.ModuleList([ResBlock3d(ch, ch, kt) for _ in range(max(2, cfg.num_res_blocks))])
         self.norm_out = FrameGroupNorm(ch)
-        self.conv_out = CausalConv3d(ch, out_channels, 3)
+        self.conv_out = CausalConv3d(ch, out_channels, (kt, 3, 3))
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
-        h = self.conv_in(x, cache)
+        h = self.conv_in(space_to_depth(x, self.patch_size), cache)
         for stage in self.stages:
             for block in stage:
                 h = block(h, cache)
@@ -74,21 +76,23 @@ class Decoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig, in_channels: int) -> None:
         super().__init__()
         plan = _stage_plan(cfg)
-        ch = plan[-1][0]
-        self.conv_in = CausalConv3d(in_channels, ch, 3)
-        self.mid = nn.ModuleList([ResBlock3d(ch, ch), ResBlock3d(ch, ch)])
+        ch = plan[-1][0] if plan else cfg.base_channels
+        kt = cfg.temporal_kernel
+        self.conv_in = CausalConv3d(in_channels, ch, (kt, 3, 3))
+        self.mid = nn.ModuleList([ResBlock3d(ch, ch, kt) for _ in range(max(2, cfg.num_res_blocks))])
         self.stages = nn.ModuleList()
         for i in reversed(range(len(plan))):
             _, spatial, temporal = plan[i]
             out_ch = plan[i - 1][0] if i > 0 else cfg.base_channels
             blocks = nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResBlock3d(ch, out_ch))
+                blocks.append(ResBlock3d(ch, out_ch, kt))
                 ch = out_ch
-            blocks.append(Upsample3d(ch, spatial, temporal))
+            blocks.append(Upsample3d(ch, spatial, temporal, kt))
             self.stages.append(blocks)
         self.norm_out = FrameGroupNorm(ch)
-        self.conv_out = CausalConv3d(ch, 3, 3)
+        self.patch_size = cfg.patch_size
+        self.conv_out = CausalConv3d(ch, 3 * cfg.patch_size**2, (kt, 3, 3))
 
     def forward(self, z: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
         h = self.conv_in(z, cache)
@@ -97,7 +101,26 @@ class Decoder(nn.Module):
         for stage in self.stages:
             for block in stage:
                 h = block(h, cache)
-        return self.conv_out(F.silu(self.norm_out(h)), cache)
+        return depth_to_space(self.conv_out(F.silu(self.norm_out(h)), cache), self.patch_size)
+
+
+def space_to_depth(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``[B, C, T, H, W]`` -> ``[B, C*p*p, T, H/p, W/p]``: each frame's ``p x p`` pixel blocks as channels."""
+    if p == 1:
+        return x
+    b, c, t, h, w = x.shape
+    x = x.reshape(b, c, t, h // p, p, w // p, p).permute(0, 1, 4, 6, 2, 3, 5)
+    return x.reshape(b, c * p * p, t, h // p, w // p)
+
+
+def depth_to_space(x: torch.Tensor, p: int) -> torch.Tensor:
+    """The inverse of ``space_to_depth``: ``[B, C*p*p, T, h, w]`` -> ``[B, C, T, h*p, w*p]``."""
+    if p == 1:
+        return x
+    b, cpp, t, h, w = x.shape
+    c = cpp // (p * p)
+    x = x.reshape(b, c, p, p, t, h, w).permute(0, 1, 4, 5, 2, 6, 3)
+    return x.reshape(b, c, t, h * p, w * p)
 
 
 class CausalVideoTokenizer(nn.Module):

@@ -3,8 +3,8 @@
 ``vidworld train jobs/tokenizer.yaml run_dir=runs/tok data.shards=CURATED`` trains it. The model
 the runtime wraps is ``TokenizerObjective`` (tokenizer + optional discriminator, returning the
 loss dict). Batches come from ``pipeline.loader`` (uint8 ``frames [B, T, H, W, 3]``); each clip is
-cut to its first ``clip_frames`` frames and a centred ``clip_size`` window, then scaled to
-float ``[B, 3, T, H, W]`` in [-1, 1].
+cut to ``clip_frames`` frames starting at a random frame in training (the first frame otherwise)
+and a centred ``clip_size`` window, then scaled to float ``[B, 3, T, H, W]`` in [-1, 1].
 
 After training, ``run_dir/config.yaml`` (the ``model:`` section) and ``run_dir/model.safetensors``
 (written by the runtime) are what ``tokenizer.load_tokenizer(run_dir)`` reads.
@@ -79,8 +79,12 @@ class TokenizerTask:
         return _tokenizer(model).blocks()
 
     # -- data --------------------------------------------------------------------------------
-    def prepare(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, T, H, W, 3]`` -> float ``[B, 3, clip_frames, H', W']`` in [-1, 1] (cropped)."""
+    def prepare(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 ``[B, T, H, W, 3]`` -> float ``[B, 3, clip_frames, H', W']`` in [-1, 1] (cropped).
+
+        With ``generator`` the window starts at a random frame of each batch (short training
+        crops then see every part of a clip, not only its opening frames); else at frame 0.
+        """
         if not isinstance(frames, torch.Tensor) or frames.ndim != 5 or frames.shape[-1] != 3:
             raise ValueError(
                 "the tokenizer trains on video clips: batches need 'frames' uint8 [B, T, H, W, 3] "
@@ -95,13 +99,15 @@ class TokenizerTask:
                 f"[{h}, {w}]; lower those, or set data.num_frames to skip shorter clips"
             )
         top, left = (fh - h) // 2, (fw - w) // 2
-        return from_uint8(frames[:, :n, top : top + h, left : left + w])
+        start = 0 if generator is None else int(torch.randint(0, t - n + 1, (1,), generator=generator))
+        return from_uint8(frames[:, start : start + n, top : top + h, left : left + w])
 
     def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
         self._loader = make_loader(self.data_cfg, rank, world_size, seed, state)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
         while True:
             for batch in self._loader:
-                yield {"video": self.prepare(batch["frames"])}
+                yield {"video": self.prepare(batch["frames"], generator)}
 
     def loader_state(self) -> dict:
         return self._loader.state_dict() if self._loader is not None else {}

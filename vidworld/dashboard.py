@@ -12,7 +12,8 @@ network; ``build_workspace`` turns them into ``wandb_workspaces`` objects (the o
 - ``RUNTIME_TRAIN_KEYS``: what the shared runtime (vidworld/train.py) logs for every model, against
   ``train/step`` (vidworld/tracking.py). A task's own loss terms (``train/rec``, ``train/kl``...)
   are logged too and drawn by one regex panel (``TASK_TERMS_REGEX``), so a new term needs no edit.
-- ``PUBLISHED_KEYS``: what ``publish`` logs from the output folder (layout in vidworld/report.py).
+- ``PUBLISHED_KEYS``: what ``publish`` logs from the output folder (layout in vidworld/report.py),
+  the report's headline figures (``headline/*``, ``vidworld.report.HEADLINE_SCALARS``) included.
 
 Without ``WANDB_API_KEY`` nothing can be saved to W&B; the local report (``vidworld report DIR``,
 ``DIR/report.html``) shows the same figures.
@@ -30,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from vidworld.config import ConfigError, load_config, load_yaml
-from vidworld.report import COMPOUNDING_COLUMNS, read_csv_rows, read_jsonl
+from vidworld.report import (
+    COMPOUNDING_COLUMNS,
+    HEADLINE_SCALARS,
+    headline_scalars,
+    read_csv_rows,
+    read_headline,
+    read_jsonl,
+)
 from vidworld.tracking import WandbConfig
 
 STEP_KEY = "train/step"
@@ -57,6 +65,8 @@ ACTION_KEY = "compounding/action_sensitivity_psnr"
 EVAL_SCALAR_KEYS = ("eval/recon_psnr", "eval/recon_ssim")  # dB; 0..1; held-out clips
 MEDIA_KEYS = ("eval/recon_video", "eval/rollout_video", "eval/compounding_error_figure")
 TABLE_KEYS = ("eval/compounding_error", "data/clips_filtered", "data/inputs_not_ok")
+# What report.html opens with, as numbers (1/0 for the yes/no ones); units in vidworld/report.py.
+HEADLINE_KEYS = tuple(f"headline/{n}" for n in HEADLINE_SCALARS)
 DATA_SCALAR_KEYS = (
     "data/inputs",
     "data/inputs_ok",
@@ -68,7 +78,8 @@ DATA_SCALAR_KEYS = (
     "data/clip_seconds",
 )
 PUBLISHED_KEYS = (
-    (HORIZON_KEY, *COMPOUNDING_KEYS, ACTION_KEY)
+    HEADLINE_KEYS
+    + (HORIZON_KEY, *COMPOUNDING_KEYS, ACTION_KEY)
     + EVAL_SCALAR_KEYS
     + MEDIA_KEYS
     + TABLE_KEYS
@@ -98,6 +109,10 @@ def dashboard_spec() -> tuple[SectionSpec, ...]:
     """The dashboard as data, top to bottom. Lines are one per run (tokenizer, dynamics) of the group."""
     line = lambda title, *keys, **kw: PanelSpec("line", title, tuple(keys), **kw)
     return (
+        SectionSpec(
+            "Headline (the report's verdict)",
+            tuple(PanelSpec("scalar", k.split("/", 1)[1].replace("_", " "), (k,)) for k in HEADLINE_KEYS),
+        ),
         SectionSpec(
             "Training (one line per stage)",
             (
@@ -267,6 +282,7 @@ def published_metrics(output_dir: str | Path) -> dict[str, Any]:
                 )
     if curve:
         out[HORIZON_KEY] = [curve[h] for h in sorted(curve)]
+    out.update({f"headline/{k}": v for k, v in headline_scalars(read_headline(root)).items()})
     return out
 
 

@@ -140,7 +140,7 @@ def compose(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
             "tokenizer": str(p["tokenizer"]),
         }
     if stage == "evaluate":
-        return {
+        composed = {
             **base,
             "checkpoint": str(p["dynamics"]),
             "tokenizer": str(p["tokenizer"]),
@@ -149,6 +149,18 @@ def compose(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
             "output": str(p["eval"]),
             "wandb": {**base.get("wandb", {}), **_wandb_for(cfg, "evaluate")},
         }
+        # Simulator samples carry counterfactual branch files beside the videos (pipeline/branches.py);
+        # their frames must be resized as curation resized the clips the model learnt from.
+        found = Path(cfg.input) / "branches"
+        if not base.get("branches") and "://" not in cfg.input and found.is_dir():
+            composed["branches"] = str(found.absolute())
+        if composed.get("branches"):
+            from pipeline.curate import CurateConfig
+
+            curate: dict[str, Any] = OmegaConf.to_container(OmegaConf.create(cfg.curate or {}), resolve=True)  # type: ignore[assignment]
+            composed["branch_size"] = curate.get("size", CurateConfig.size)
+            composed["branch_resize"] = curate.get("resize", CurateConfig.resize)
+        return composed
     if stage in TRAINING_STAGES:
         data_src = p["curated"] if stage == "tokenizer" else p["latents"]
         composed = {
@@ -216,8 +228,7 @@ def _schema(stage: str) -> type:
 
 def curate_complete(stage_cfg: Path) -> bool:
     """Stats say complete, every shard named is there, and the manifest covers exactly the inputs."""
-    from pipeline.curate import CurateConfig
-    from pipeline.inputs import list_inputs
+    from pipeline.curate import CurateConfig, curation_inputs
     from pipeline.manifest import read_manifest
     from pipeline.shards import SHARD_PATTERN
 
@@ -233,7 +244,7 @@ def curate_complete(stage_cfg: Path) -> bool:
     if not all((out / "shards" / SHARD_PATTERN.format(index=i)).is_file() for i in range(stats["shards"])):
         return False
     try:
-        sources = {i.source for i in list_inputs(c.input)}
+        sources = {i.source for i in curation_inputs(c.input)}
     except ValueError:
         return False
     return sources == {r["source"] for r in rows}

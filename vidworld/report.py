@@ -1,14 +1,31 @@
 """The local HTML report of one pipeline run: ``vidworld report DIR`` writes ``DIR/report.html``.
 
 For users without W&B. One self-contained file (videos and images embedded as base64 data URIs,
-charts as inline SVG, no external JS or CSS) that reads top to bottom: what was curated, how well
-the tokenizer reconstructs, what the model imagines, how the error grows with the horizon against
-copying the last frame (/work/shared/EVALUATION.md), whether the model listens to the actions,
-and where the figures come from. Any piece may be missing (a stage not run yet); the report shows
-what exists and names each missing file.
+charts as inline SVG, CSS inline; no script, nothing fetched from elsewhere) that puts the answer
+first and reads top to bottom:
+
+1. the verdict: one sentence in words, then the headline figures (the tokenizer's held-out
+   reconstruction against its target, whether the dynamics model beats copying the last frame at
+   every horizon and by how much at the worst one, action sensitivity at the first and the last
+   horizon, the counterfactual response at the last horizon, how long each model trained), and
+   the list of files not in the folder yet;
+2. the videos, scaled up with nearest-neighbour pixels: the rollout (truth | model), the
+   tokenizer's reconstruction (original | reconstruction), the counterfactual rollout (true A |
+   model A | true B | model B);
+3. the compounding-error curve against copying the last frame (/work/shared/EVALUATION.md), with
+   the verdicts in full;
+4. the raw tables, folded (``<details>``): the CSVs, the tokenizer's metrics, training curves and
+   configs, curation totals and inputs, latents, the chain's configs, provenance.
+
+Any piece may be missing (a stage not run yet): the report shows what exists, names each missing
+file where it would be, and lists them all under the verdict. A measurement that was not made
+(action sensitivity without actions, counterfactuals without simulator data) says "not measured"
+with the reason eval.json records. ``headline_scalars`` hands the same headline figures to the
+W&B ``report`` run (vidworld/dashboard.py).
 
 The output folder of ``vidworld run`` (this docstring is the one place it is written down)::
 
+    DIR/configs/STAGE.yaml          each stage's resolved config, and pipeline.yaml (vidworld/pipeline_run.py)
     DIR/curated/manifest.jsonl      one row per input: source, status (ok|skipped|failed), reason,
                                     clips, filtered, probe, split (pipeline/manifest.py)
     DIR/curated/stats.json          totals: inputs by status, clips, clips per filter reason,
@@ -18,16 +35,28 @@ The output folder of ``vidworld run`` (this docstring is the one place it is wri
                                     config.yaml, metrics.jsonl (vidworld/tracking.py), checkpoints/
     DIR/tokenizer/eval/recon.mp4    side by side: original | reconstruction (held-out clips)
     DIR/tokenizer/eval/metrics.json {"recon_psnr": dB, "recon_ssim": 0..1, "resolution": "64x64",
-                                     "clips": int, ...}
+                                     "clips": int, ...} (tokenizer/evaluate.py)
     DIR/latents/                    tokenized latent shards (+ manifest.jsonl / stats.json)
     DIR/dynamics/                   training run folder of the dynamics model (as DIR/tokenizer/)
     DIR/eval/compounding_error.csv  horizon, model_psnr, copy_last_psnr, copy_last_recon_psnr,
                                     recon_psnr (dB), model_latent_mse, copy_last_latent_mse
     DIR/eval/action_sensitivity.csv horizon, action_sensitivity_psnr (dB); absent without actions
+    DIR/eval/counterfactual.csv     horizon, factual_psnr, counterfactual_psnr (dB),
+                                    counterfactual_latent_mse, true_ab_psnr (dB),
+                                    action_response_ratio, action_response_ratio_recon
+                                    (EVALUATION.md "Counterfactual actions"); absent unless the
+                                    clips carry a second action branch (simulator data)
+    DIR/eval/counterfactual.mp4     the first branch: truth A | model A | truth B | model B; absent
+                                    as the CSV
     DIR/eval/compounding_error.png  the curve
-    DIR/eval/rollout.mp4            imagined frames beside the truth
+    DIR/eval/rollout.mp4            truth | model: imagined frames beside the truth
     DIR/eval/eval.json              provenance of the figures: data (shards, clips, resolution),
-                                    checkpoint step, tokenizer, machine, date
+                                    checkpoint step, tokenizer, machine, date; "verdict" (booleans);
+                                    "action_sensitivity": status; "counterfactual": {"status",
+                                    "branches", "files", "resolution", "resize",
+                                    "horizon_latent_frames", "note", "rows" (the CSV's), "games":
+                                    {game: rows}}; a status is "computed" | "off" | "skipped: why",
+                                    NaN is null (dynamics/evaluate.py)
     DIR/report.html                 this module's output
 """
 
@@ -39,16 +68,48 @@ import html
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.probe import BadInput, probe
 from vidworld.files import atomic_write_text
+from vidworld.progress import format_duration
 from vidworld.tracking import read_metrics
 
 # Media above this size is linked (relative to DIR) instead of embedded, so a long rollout does
 # not make a report that a browser struggles to open. Eval media are a few hundred kB.
 MAX_EMBED_BYTES = 64 * 2**20
+
+# The project's targets for the tokenizer: held-out reconstruction PSNR on Atari at 64x64, and on
+# photographs (the source folders tokenizer/evaluate.py groups its figures by).
+TOKENIZER_TARGET_PSNR = 32.0  # dB
+TOKENIZER_TARGET_RESOLUTION = "64x64"
+NATURAL_TARGET_PSNR = 28.0  # dB
+ATARI_GROUPS = ("breakout", "pong")
+NATURAL_GROUPS = ("natural",)
+
+
+def group_psnr(metrics: dict[str, Any] | None, groups: tuple[str, ...]) -> float | None:
+    """Clip-weighted mean ``recon_psnr`` of the named ``by_group`` entries of a tokenizer's
+    ``metrics.json`` (None when it has none of them)."""
+    chosen = [v for g, v in ((metrics or {}).get("by_group") or {}).items() if g in groups]
+    n = sum(v["clips"] for v in chosen)
+    return sum(v["recon_psnr"] * v["clips"] for v in chosen) / n if n else None
+
+
+def tokenizer_headline_psnr(metrics: dict[str, Any] | None) -> float | None:
+    """The figure held against ``TOKENIZER_TARGET_PSNR``: Atari clips when the evaluation has them
+    apart, else the mean over every held-out clip."""
+    atari = group_psnr(metrics, ATARI_GROUPS)
+    return atari if atari is not None else _num(metrics, "recon_psnr")
+
+# Videos are shown enlarged by a whole factor (crisp nearest-neighbour pixels): about this high
+# (6x a 64-pixel clip), no wider than the page, at most VIDEO_MAX_SCALE times.
+VIDEO_HEIGHT_PX = 384
+VIDEO_MAX_WIDTH_PX = 1024
+VIDEO_MAX_SCALE = 8
 
 COMPOUNDING_COLUMNS = (
     "horizon",
@@ -59,15 +120,57 @@ COMPOUNDING_COLUMNS = (
     "model_latent_mse",
     "copy_last_latent_mse",
 )
+COUNTERFACTUAL_COLUMNS = (
+    "horizon",
+    "factual_psnr",
+    "counterfactual_psnr",
+    "counterfactual_latent_mse",
+    "true_ab_psnr",
+    "action_response_ratio",
+    "action_response_ratio_recon",
+)
+# The headline figures as numbers (``headline_scalars``), in the order the report shows them.
+HEADLINE_SCALARS = (
+    "tokenizer_psnr",  # dB, held-out Atari clips (all held-out clips when not grouped)
+    "tokenizer_natural_psnr",  # dB, held-out photographs (target NATURAL_TARGET_PSNR)
+    "tokenizer_ssim",  # 0..1
+    "tokenizer_meets_target",  # 1 when tokenizer_psnr >= TOKENIZER_TARGET_PSNR
+    "beats_copy_last",  # 1 when the model beats copy-last at every horizon (EVALUATION.md)
+    "worst_margin_db",  # min over horizons of model_psnr - copy_last_recon_psnr
+    "worst_latent_mse_ratio",  # max over horizons of model_latent_mse / copy_last_latent_mse
+    "action_sensitivity_first",  # dB, first horizon
+    "action_sensitivity_last",  # dB, last horizon
+    "action_response_ratio_last",  # last horizon; 1: reacts to other actions as the game does
+    "counterfactual_psnr_last",  # dB, last horizon
+)
 MANIFEST_ROWS_SHOWN = 200  # inputs listed one by one (failed and skipped first); the rest are counted
 
 _CSS = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.2em auto;padding:0 1em;color:#222;
+line-height:1.35}
+h1{font-size:1.45em;margin:0 0 .1em}h2{margin-top:1.6em;border-bottom:1px solid #ccc;font-size:1.25em}
+.sub{color:#666;font-size:.85em;margin:0 0 .8em}
+.verdict{border-left:6px solid #999;background:#f5f5f5;padding:.7em 1em .6em;margin:0 0 1em}
+.verdict.good{border-color:#2a8a2a}.verdict.bad{border-color:#c0392b}
+.verdict .say{font-size:1.15em;font-weight:600;margin:0 0 .6em}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(190px,1fr));gap:.5em}
+.fig{background:#fff;border:1px solid #ddd;border-radius:4px;padding:.4em .6em}
+.fig .k{font-size:.75em;color:#555;text-transform:uppercase;letter-spacing:.03em}
+.fig .v{font-size:1.3em;font-weight:650}.fig .v small{font-size:.6em;font-weight:600;color:#555}
+.fig .v.sm{font-size:1.05em;line-height:1.5}.fig .m{font-size:.85em;font-weight:600}
+.fig .d{font-size:.8em;color:#444}
+.pass{color:#2a8a2a}.miss{color:#c0392b}.na{color:#777}
+.verdict .prov,.verdict .missing{font-size:.8em;margin:.5em 0 0}
+.videos{display:flex;flex-wrap:wrap;gap:1em}.videos figure{margin:0}
+video.big{image-rendering:crisp-edges;image-rendering:pixelated;max-width:100%;height:auto;
+background:#000;display:block}
+figcaption{font-size:.9em;color:#333;max-width:768px;margin-bottom:.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}
 th{background:#f3f3f3}td.n{text-align:right}.missing{color:#a40}
-.verdict{padding:.5em 1em;background:#f7f7f7;border-left:4px solid #888}
-video,img.fig{max-width:100%}pre{background:#f7f7f7;padding:.5em;overflow-x:auto}
+.says{padding:.4em 1em;background:#f7f7f7;border-left:4px solid #888}
+img.fig{max-width:100%}pre{background:#f7f7f7;padding:.5em;overflow-x:auto}
+details{margin:.3em 0;border:1px solid #ddd;border-radius:4px;padding:.2em .6em}
+summary{cursor:pointer;font-weight:600}details[open]{padding-bottom:.6em}
 """
 
 
@@ -97,8 +200,20 @@ class Report:
         return path.relative_to(self.root).as_posix()
 
     def note_missing(self, path: Path, why: str) -> None:
-        self.missing.append(self.rel(path))
+        if self.rel(path) not in self.missing:
+            self.missing.append(self.rel(path))
         self.add(f'<p class="missing">Missing: <code>{esc(self.rel(path))}</code> ({esc(why)}).</p>')
+
+    def fold(self, title: str, fill: Callable[[], None]) -> None:
+        """What ``fill`` adds, inside a closed ``<details>`` titled ``title`` (marked when missing)."""
+        outer, missing_before = self.parts, len(self.missing)
+        self.parts = []
+        try:
+            fill()
+        finally:
+            inner, self.parts = self.parts, outer
+        flag = ' <span class="missing">(missing)</span>' if len(self.missing) > missing_before else ""
+        self.add(f"<details><summary>{esc(title)}{flag}</summary>{''.join(inner)}</details>")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -139,6 +254,17 @@ def read_csv_rows(path: Path) -> list[dict[str, float]]:
     return out
 
 
+def read_eval_json(root: Path) -> dict[str, Any] | None:
+    """``DIR/eval/eval.json`` as a dict, or ``None`` when absent."""
+    path = root / "eval" / "eval.json"
+    if not path.is_file():
+        return None
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} holds {type(info).__name__}, not an object; rerun vidworld evaluate")
+    return info
+
+
 # ---------------------------------------------------------------------------------------------------
 # HTML pieces
 
@@ -172,12 +298,29 @@ def dict_tables(d: dict[str, Any], title: str) -> str:
     return "".join(out)
 
 
+def rows_table(rows: list[dict[str, float]], first: tuple[str, ...]) -> str:
+    """CSV rows as a table: the columns of ``first`` that exist, in that order, then the others."""
+    if not rows:
+        return "<p>(no rows)</p>"
+    cols = [c for c in first if c in rows[0]] + [c for c in rows[0] if c not in first]
+    return table([[int(r[c]) if c == "horizon" else r[c] for c in cols] for r in rows], cols)
+
+
 def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
+def video_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` in pixels of an mp4, or ``None`` when it does not probe."""
+    try:
+        info = probe(str(path))
+    except BadInput:
+        return None
+    return info.width, info.height
+
+
 def media(report: Report, path: Path, caption: str, why_missing: str) -> None:
-    """Embed an mp4 (``<video>``) or png (``<img>``); link it instead when over MAX_EMBED_BYTES."""
+    """Embed an mp4 (``<video>``, enlarged) or png (``<img>``); link it instead when over MAX_EMBED_BYTES."""
     if not path.is_file():
         report.note_missing(path, why_missing)
         return
@@ -191,10 +334,18 @@ def media(report: Report, path: Path, caption: str, why_missing: str) -> None:
         return
     src = data_uri(path.read_bytes(), "video/mp4" if is_video else "image/png")
     if is_video:
+        # A whole scale factor keeps every source pixel the same size on screen (CSS pixelated).
+        wh = video_size(path)
+        if wh:
+            scale = max(1, min(VIDEO_MAX_SCALE, VIDEO_HEIGHT_PX // wh[1], VIDEO_MAX_WIDTH_PX // wh[0]))
+            dims = f'width="{wh[0] * scale}" height="{wh[1] * scale}"'
+            caption += f" Shown at {scale}x ({wh[0]}x{wh[1]} pixels)."
+        else:
+            dims = f'style="height:{VIDEO_HEIGHT_PX}px"'
         # muted: browsers autoplay and loop only muted video; the clips carry no sound anyway.
         report.add(
-            f'<figure><video controls loop muted autoplay playsinline src="{src}"></video>'
-            f"<figcaption>{esc(caption)}</figcaption></figure>"
+            f'<figure><video class="big" controls loop muted autoplay playsinline {dims} src="{src}">'
+            f"</video><figcaption>{esc(caption)}</figcaption></figure>"
         )
     else:
         report.add(
@@ -264,67 +415,113 @@ def svg_lines(
 # The verdicts (EVALUATION.md)
 
 
-def compounding_verdict(rows: list[dict[str, float]]) -> str:
-    """One or two sentences: does the model beat copying the last frame at every horizon?
+@dataclass
+class CompoundingJudgement:
+    """EVALUATION.md's test of a compounding-error table, as figures; ``compounding_verdict`` words it.
 
-    Worth something where ``model_psnr > copy_last_recon_psnr`` and ``model_latent_mse <
+    A model is worth something where ``model_psnr > copy_last_recon_psnr`` and ``model_latent_mse <
     copy_last_latent_mse`` at every horizon; where ``copy_last_psnr > recon_psnr`` the tokenizer,
     not the dynamics, is what loses.
     """
+
+    horizons: list[int]
+    checks: list[tuple[str, str, str]]  # (model column, copy-last column, ">" or "<") in the table
+    unchecked: list[str]  # columns a check needs that the table lacks
+    failing: list[tuple[int, str]]  # (horizon, what lost there)
+    tokenizer_limits: list[tuple[int, float, float]]  # (horizon, recon_psnr, copy_last_psnr)
+    worst_margin_db: tuple[int, float] | None  # (horizon, model_psnr - copy_last_recon_psnr), smallest
+    worst_latent_ratio: tuple[int, float] | None  # (horizon, model / copy-last latent MSE), largest
+
+    @property
+    def beats(self) -> bool | None:
+        """Beats copy-last at every horizon; ``None`` when nothing could be checked."""
+        return None if not self.checks or not self.horizons else not self.failing
+
+
+def judge_compounding(rows: list[dict[str, float]]) -> CompoundingJudgement:
+    """The one place that decides whether the model beats copying the last frame (EVALUATION.md)."""
+    have = set(rows[0]) if rows else set()
+    pairs = (("model_psnr", "copy_last_recon_psnr", ">"), ("model_latent_mse", "copy_last_latent_mse", "<"))
+    checks = [c for c in pairs if c[0] in have and c[1] in have]
+    unchecked = [n for a, b, _ in pairs for n in (a, b) if n not in have] if rows else []
+    failing = []
+    for r in rows:
+        why = []
+        for a, b, op in checks:
+            beats = r[a] > r[b] if op == ">" else r[a] < r[b]  # NaN compares False: counts as a loss
+            if not beats:
+                why.append(f"{a} {fmt(r[a])} vs {b} {fmt(r[b])}")
+        if why:
+            failing.append((int(r["horizon"]), "; ".join(why)))
+    limits = []
+    if {"copy_last_psnr", "recon_psnr"} <= have:
+        limits = [
+            (int(r["horizon"]), r["recon_psnr"], r["copy_last_psnr"])
+            for r in rows
+            if r["copy_last_psnr"] > r["recon_psnr"]
+        ]
+
+    def extreme(values: list[tuple[int, float]], pick: Callable) -> tuple[int, float] | None:
+        finite = [(h, v) for h, v in values if not math.isnan(v)]
+        return pick(finite, key=lambda hv: hv[1]) if finite else None
+
+    psnr_check, latent_check = pairs
+    margins, ratios = [], []  # (horizon, model_psnr - copy_last_recon_psnr), (horizon, MSE model/copy)
+    for r in rows:
+        h = int(r["horizon"])
+        if psnr_check in checks:
+            margins.append((h, r["model_psnr"] - r["copy_last_recon_psnr"]))
+        if latent_check in checks:
+            copy = r["copy_last_latent_mse"]
+            ratios.append((h, r["model_latent_mse"] / copy if copy else math.inf))
+    return CompoundingJudgement(
+        horizons=[int(r["horizon"]) for r in rows],
+        checks=checks,
+        unchecked=unchecked,
+        failing=failing,
+        tokenizer_limits=limits,
+        worst_margin_db=extreme(margins, min),
+        worst_latent_ratio=extreme(ratios, max),
+    )
+
+
+def compounding_verdict(rows: list[dict[str, float]]) -> str:
+    """One or two sentences: does the model beat copying the last frame at every horizon?"""
     if not rows:
         return "The compounding-error table has no rows: no verdict."
-    have = set(rows[0])
-    checks = [
-        c
-        for c in (
-            ("model_psnr", "copy_last_recon_psnr", ">"),
-            ("model_latent_mse", "copy_last_latent_mse", "<"),
-        )
-        if c[0] in have and c[1] in have
-    ]
-    unchecked = [
-        n
-        for c in (("model_psnr", "copy_last_recon_psnr"), ("model_latent_mse", "copy_last_latent_mse"))
-        for n in c
-        if n not in have
-    ]
+    j = judge_compounding(rows)
     sentences = []
-    if not checks:
-        sentences.append(f"No verdict: the table lacks the columns {', '.join(sorted(set(unchecked)))}.")
+    if not j.checks:
+        sentences.append(f"No verdict: the table lacks the columns {', '.join(sorted(set(j.unchecked)))}.")
     else:
-        failing = []
-        for r in rows:
-            why = []
-            for a, b, op in checks:
-                beats = r[a] > r[b] if op == ">" else r[a] < r[b]  # NaN compares False: counts as a loss
-                if not beats:
-                    why.append(f"{a} {fmt(r[a])} vs {b} {fmt(r[b])}")
-            if why:
-                failing.append((int(r["horizon"]), "; ".join(why)))
-        what = " and ".join(f"{a} {op} {b}" for a, b, op in checks)
-        if not failing:
+        what = " and ".join(f"{a} {op} {b}" for a, b, op in j.checks)
+        if not j.failing:
             sentences.append(
                 f"The model beats copying the last frame at every horizon "
-                f"{int(rows[0]['horizon'])}..{int(rows[-1]['horizon'])} ({what})."
+                f"{j.horizons[0]}..{j.horizons[-1]} ({what})."
             )
         else:
-            hs = ", ".join(str(h) for h, _ in failing)
-            detail = "; ".join(f"h={h}: {why}" for h, why in failing)
+            hs = ", ".join(str(h) for h, _ in j.failing)
+            detail = "; ".join(f"h={h}: {why}" for h, why in j.failing)
+            plural = "s" if len(j.failing) > 1 else ""
             sentences.append(
-                f"The model does NOT beat copying the last frame at horizon{'s' if len(failing) > 1 else ''} "
-                f"{hs} (needs {what}; {detail})."
+                f"The model does NOT beat copying the last frame at horizon{plural} {hs} "
+                f"(needs {what}; {detail})."
             )
-        if unchecked:
-            sentences.append(f"(Not checked, column missing: {', '.join(unchecked)}.)")
-    if {"copy_last_psnr", "recon_psnr"} <= have:
-        static = [int(r["horizon"]) for r in rows if r["copy_last_psnr"] > r["recon_psnr"]]
-        if static:
-            sentences.append(
-                "At horizon " + ", ".join(map(str, static)) + " copying the last real frame in pixel space "
-                "(copy_last_psnr) is above the tokenizer's own reconstruction (recon_psnr): there the "
-                "tokenizer, not the dynamics, is what loses."
-            )
+        if j.unchecked:
+            sentences.append(f"(Not checked, column missing: {', '.join(j.unchecked)}.)")
+    if j.tokenizer_limits:
+        sentences.append(
+            "At horizon " + ", ".join(str(h) for h, _, _ in j.tokenizer_limits) + " copying the last real "
+            "frame in pixel space (copy_last_psnr) is above the tokenizer's own reconstruction (recon_psnr): "
+            "there the tokenizer, not the dynamics, is what loses."
+        )
     return " ".join(sentences)
+
+
+def sensitivity_not_positive(rows: list[dict[str, float]]) -> list[int]:
+    """Horizons where action sensitivity is not positive (NaN included): there the actions go unheard."""
+    return [int(r["horizon"]) for r in rows if not r["action_sensitivity_psnr"] > 0]
 
 
 def action_verdict(rows: list[dict[str, float]]) -> str:
@@ -332,7 +529,7 @@ def action_verdict(rows: list[dict[str, float]]) -> str:
     vals = [(int(r["horizon"]), r["action_sensitivity_psnr"]) for r in rows]
     if not vals:
         return "No rows: no verdict."
-    not_pos = [h for h, v in vals if not v > 0]
+    not_pos = sensitivity_not_positive(rows)
     grows = all(b >= a for (_, a), (_, b) in zip(vals, vals[1:], strict=False))
     if not_pos:
         return (
@@ -347,13 +544,546 @@ def action_verdict(rows: list[dict[str, float]]) -> str:
     )
 
 
+def counterfactual_verdict(rows: list[dict[str, float]]) -> str:
+    """The last horizon's response ratio and counterfactual PSNR in words (EVALUATION.md)."""
+    if not rows:
+        return "No rows: no verdict."
+    last = rows[-1]
+    h, ratio = int(last["horizon"]), last.get("action_response_ratio", math.nan)
+    if math.isnan(ratio):
+        words = "no ratio"
+    elif ratio < 0.1:
+        words = "the model all but ignores the actions"
+    elif ratio < 0.5:
+        words = "the model reacts to a change of actions, less than the game does"
+    elif ratio <= 2:
+        words = "the model reacts to a change of actions about as much as the game does"
+    else:
+        words = "the model reacts to a change of actions far more than the game does"
+    out = (
+        f"At horizon {h} the action response ratio is {fmt(ratio)} (1: as much as the game; 0: not at all): "
+    )
+    out += f"{words}."
+    if "counterfactual_psnr" in last:
+        out += f" The rollout under the other actions scores {fmt(last['counterfactual_psnr'])} dB against "
+        out += "their true future"
+        out += (
+            f" (under the recorded actions: {fmt(last['factual_psnr'])} dB)."
+            if "factual_psnr" in last
+            else "."
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The headline: the figures the report opens with
+
+
+@dataclass
+class TrainingRun:
+    """How long a training run folder trained, from its ``metrics.jsonl`` (vidworld/tracking.py).
+
+    ``seconds`` is wall time inside training steps: the sum over logged rows of ``train/step_time_s``
+    (the mean since the previous logged row) times the steps since that row. Start-up, checkpoints
+    and evaluation are not in it; ``None`` when no row has a step time.
+    """
+
+    steps: int | None  # last logged step; None without metrics
+    seconds: float | None
+
+
+def training_run(run_dir: Path) -> TrainingRun:
+    rows = read_metrics(run_dir)
+    if not rows:
+        return TrainingRun(None, None)
+    total, prev, timed = 0.0, 0, False
+    for step in sorted(rows):
+        st = rows[step].get("train/step_time_s")
+        if st is not None and math.isfinite(st):
+            total += st * (step - prev)
+            prev, timed = step, True
+    return TrainingRun(max(rows), total if timed else None)
+
+
+@dataclass
+class Measured:
+    """Per-horizon rows of an optional measurement, or why it was not made (``rows`` empty then).
+
+    ``status`` is eval.json's (``computed``, ``off``, ``skipped: why``), ``None`` when eval.json
+    records none: then an absent CSV counts as missing rather than as not measured. ``entry`` is
+    eval.json's object for it (the counterfactual's: branches, resolution, note, games), or ``{}``.
+    """
+
+    rows: list[dict[str, float]]
+    why_not: str = ""
+    status: str | None = None
+    entry: dict[str, Any] = field(default_factory=dict)
+
+
+def _status_reason(status: str) -> str:
+    if status == "off":
+        return "switched off in the evaluation's config"
+    return status.split(":", 1)[1].strip() if status.startswith("skipped:") else status
+
+
+def json_rows(rows: Any, where: str) -> list[dict[str, float]]:
+    """Rows kept in eval.json as CSV rows: numbers as floats, null (a NaN or infinity) as NaN."""
+    try:
+        return [{k: math.nan if v is None else float(v) for k, v in r.items()} for r in rows]
+    except (AttributeError, TypeError, ValueError) as e:
+        raise ValueError(f"{where}: rows are not objects of numbers ({e}); rerun vidworld evaluate") from e
+
+
+def measured(root: Path, info: dict[str, Any] | None, csv_name: str, key: str) -> Measured:
+    """``DIR/eval/CSV_NAME`` rows; else eval.json's ``key`` (a status string, or ``{"status", "rows"}``)."""
+    path = root / "eval" / csv_name
+    entry = (info or {}).get(key)
+    obj = entry if isinstance(entry, dict) else {}
+    status = obj.get("status") if isinstance(entry, dict) else entry
+    status = None if status is None else str(status)
+    if path.is_file():
+        rows = read_csv_rows(path)
+        return Measured(rows, "" if rows else f"eval/{csv_name} has no rows", status, obj)
+    if info is None:
+        return Measured([], "no eval/eval.json: the evaluation has not run")
+    if status is None:
+        return Measured([], f"eval/{csv_name} is absent and eval.json records no {key} status")
+    if status == "computed" and obj.get("rows"):
+        return Measured(json_rows(obj["rows"], f"eval/eval.json {key}"), "", status, obj)
+    if status == "computed":
+        return Measured([], f"eval.json says computed, but eval/{csv_name} is missing", status, obj)
+    return Measured([], _status_reason(status), status, obj)
+
+
+@dataclass
+class Headline:
+    """What the report opens with, read from the output folder; ``None``/empty where not there."""
+
+    tokenizer: dict[str, Any] | None  # tokenizer/eval/metrics.json
+    compounding: CompoundingJudgement | None
+    compounding_why_not: str
+    actions: Measured
+    counterfactual: Measured
+    training: dict[str, TrainingRun]  # "tokenizer", "dynamics"
+    info: dict[str, Any] | None  # eval/eval.json
+
+
+def read_headline(root: Path) -> Headline:
+    """The headline figures of an output folder; never fails on a missing file."""
+    tok_path = root / "tokenizer" / "eval" / "metrics.json"
+    tok = read_json(tok_path) if tok_path.is_file() else None
+    if tok is not None and not isinstance(tok, dict):
+        raise ValueError(f"{tok_path} holds {type(tok).__name__}, not an object; rerun the tokenizer eval")
+    info = read_eval_json(root)
+    csv_path = root / "eval" / "compounding_error.csv"
+    judgement, why = None, "no eval/compounding_error.csv: the dynamics model has not been evaluated"
+    if csv_path.is_file():
+        rows = read_csv_rows(csv_path)
+        judgement, why = (
+            (judge_compounding(rows), "") if rows else (None, "eval/compounding_error.csv has no rows")
+        )
+        if judgement is not None and judgement.beats is None:
+            why = f"eval/compounding_error.csv lacks {', '.join(judgement.unchecked)}"
+    return Headline(
+        tokenizer=tok,
+        compounding=judgement,
+        compounding_why_not=why,
+        actions=measured(root, info, "action_sensitivity.csv", "action_sensitivity"),
+        counterfactual=measured(root, info, "counterfactual.csv", "counterfactual"),
+        training={name: training_run(root / name) for name in ("tokenizer", "dynamics")},
+        info=info,
+    )
+
+
+def _num(d: dict[str, Any] | None, key: str) -> float | None:
+    """``d[key]`` as a float when it is a number, else ``None``."""
+    v = (d or {}).get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def headline_scalars(h: Headline) -> dict[str, float]:
+    """The headline as ``{name: number}`` (names: ``HEADLINE_SCALARS``); unmeasured figures left out."""
+    out: dict[str, float] = {}
+    psnr, ssim = tokenizer_headline_psnr(h.tokenizer), _num(h.tokenizer, "recon_ssim")
+    natural = group_psnr(h.tokenizer, NATURAL_GROUPS)
+    if natural is not None:
+        out["tokenizer_natural_psnr"] = natural
+    if psnr is not None:
+        out["tokenizer_psnr"] = psnr
+        out["tokenizer_meets_target"] = float(psnr >= TOKENIZER_TARGET_PSNR)
+    if ssim is not None:
+        out["tokenizer_ssim"] = ssim
+    j = h.compounding
+    if j is not None and j.beats is not None:
+        out["beats_copy_last"] = float(j.beats)
+    if j is not None and j.worst_margin_db:
+        out["worst_margin_db"] = j.worst_margin_db[1]
+    if j is not None and j.worst_latent_ratio:
+        out["worst_latent_mse_ratio"] = j.worst_latent_ratio[1]
+    a = h.actions.rows
+    if a and "action_sensitivity_psnr" in a[0]:
+        out["action_sensitivity_first"] = a[0]["action_sensitivity_psnr"]
+        out["action_sensitivity_last"] = a[-1]["action_sensitivity_psnr"]
+    c = h.counterfactual.rows
+    for col, name in (
+        ("action_response_ratio", "action_response_ratio_last"),
+        ("counterfactual_psnr", "counterfactual_psnr_last"),
+    ):
+        if c and col in c[-1]:
+            out[name] = c[-1][col]
+    return {k: out[k] for k in HEADLINE_SCALARS if k in out and math.isfinite(out[k])}
+
+
+def _horizons_phrase(failing: list[int], horizons: list[int]) -> str:
+    if failing == horizons:
+        return "at every horizon"
+    if len(failing) == 1:
+        return f"at horizon {failing[0]}"
+    if failing == horizons[horizons.index(failing[0]) :]:
+        return f"from horizon {failing[0]} on"
+    return "at horizons " + ", ".join(map(str, failing))
+
+
+def headline_sentence(h: Headline) -> str:
+    """One sentence in words of what the headline figures mean."""
+    j = h.compounding
+    if j is None or j.beats is None:
+        out = f"The dynamics model is not judged yet ({h.compounding_why_not})"
+    elif j.beats:
+        out = "The dynamics model beats copying the last frame at every horizon"
+    else:
+        out = "The dynamics model loses to copying the last frame " + _horizons_phrase(
+            [hz for hz, _ in j.failing], j.horizons
+        )
+    a, c = h.actions.rows, h.counterfactual.rows
+    if a and "action_sensitivity_psnr" in a[0]:
+        follows = not sensitivity_not_positive(a)
+        loses = j is not None and j.beats is False
+        if not follows:
+            out += f", {'but' if j is not None and j.beats else 'and'} it does not clearly follow the actions"
+        else:
+            out += f", {'though' if loses else 'and'} it follows the actions"
+            if c and "action_response_ratio" in c[-1] and math.isfinite(c[-1]["action_response_ratio"]):
+                ratio = c[-1]["action_response_ratio"]
+                out += f", reacting to other actions {_ratio(ratio)}x as much as the game does"
+    psnr = tokenizer_headline_psnr(h.tokenizer)
+    if j is not None and j.tokenizer_limits:
+        hz, recon, copy = j.tokenizer_limits[0]
+        out += (
+            f"; the tokenizer is the bottleneck: its reconstruction of these clips ({recon:.1f} dB) is "
+            f"further from the truth than copying the last frame in pixels ({copy:.1f} dB) at horizon {hz}"
+        )
+    elif psnr is not None:
+        out += (
+            f"; the tokenizer ({psnr:.1f} dB) is below its {TOKENIZER_TARGET_PSNR:g} dB target"
+            if psnr < TOKENIZER_TARGET_PSNR
+            else f"; the tokenizer ({psnr:.1f} dB) meets its {TOKENIZER_TARGET_PSNR:g} dB target"
+        )
+    return out + "."
+
+
+def _signed_db(v: float) -> str:
+    """``+1.25`` / ``-0.50``; a value that rounds to zero as ``0.00``, not ``-0.00``."""
+    return "0.00" if round(v, 2) == 0 else f"{v:+.2f}"
+
+
+def _ratio(v: float) -> str:
+    """Two decimals; a small nonzero ratio in two significant digits (``5e-05``), not ``0.00``."""
+    return f"{v:.2g}" if 0 < abs(v) < 0.01 else f"{v:.2f}"
+
+
+def _card(
+    label: str, value: str, detail: str, mark: tuple[str, str] | None = None, value_class: str = "v"
+) -> str:
+    """One headline figure: label, big value (HTML), an optional pass/miss mark, a line of detail."""
+    m = f'<div class="m {mark[0]}">{esc(mark[1])}</div>' if mark else ""
+    return (
+        f'<div class="fig"><div class="k">{esc(label)}</div><div class="{value_class}">{value}</div>{m}'
+        f'<div class="d">{esc(detail)}</div></div>'
+    )
+
+
+def _not_measured(label: str, why: str) -> str:
+    return _card(label, '<span class="na">not measured</span>', why)
+
+
+def headline_cards(h: Headline) -> str:
+    cards = []
+    label = "Tokenizer PSNR"
+    psnr, ssim = tokenizer_headline_psnr(h.tokenizer), _num(h.tokenizer, "recon_ssim")
+    if psnr is None:
+        cards.append(
+            _not_measured(label, "no tokenizer/eval/metrics.json: the tokenizer has not been evaluated")
+        )
+    else:
+        res = str((h.tokenizer or {}).get("resolution", "unknown resolution"))
+        ok = psnr >= TOKENIZER_TARGET_PSNR
+        target = f"{TOKENIZER_TARGET_PSNR:g} dB target"
+        by_group = h.tokenizer.get("by_group") or {}
+        if group_psnr(h.tokenizer, ATARI_GROUPS) is not None:
+            label = "Tokenizer PSNR (Atari)"
+            kinds = ", ".join(f"{g} {v['recon_psnr']:.1f}" for g, v in sorted(by_group.items()))
+            natural = group_psnr(h.tokenizer, NATURAL_GROUPS)
+            detail = f"held-out at {res}: {kinds} dB"
+            if natural is not None:
+                verdict = "meets" if natural >= NATURAL_TARGET_PSNR else "below"
+                detail += f"; photographs {verdict} their {NATURAL_TARGET_PSNR:g} dB target"
+        else:
+            detail = f"held-out at {res}, {h.tokenizer.get('clips', '?')} clips"
+        detail += f"; SSIM {ssim:.3f}" if ssim is not None else ""
+        if res != TOKENIZER_TARGET_RESOLUTION:
+            detail += f" (the target is for Atari at {TOKENIZER_TARGET_RESOLUTION})"
+        mark = ("pass", f"✓ meets the {target}") if ok else ("miss", f"✗ below the {target}")
+        cards.append(_card(label, f"{psnr:.2f} <small>dB</small>", detail, mark))
+
+    label = "Beats copying the last frame?"
+    j = h.compounding
+    if j is None or j.beats is None:
+        cards.append(_not_measured(label, h.compounding_why_not))
+    else:
+        if j.beats:
+            mark = ("pass", f"✓ at every horizon {j.horizons[0]}..{j.horizons[-1]}")
+        else:
+            mark = ("miss", "✗ loses " + _horizons_phrase([hz for hz, _ in j.failing], j.horizons))
+        parts = []
+        if j.worst_margin_db:
+            hz, m = j.worst_margin_db
+            parts.append(f"worst h={hz}: {_signed_db(m)} dB vs copy-last through the tokenizer")
+        if j.worst_latent_ratio:
+            hz, r = j.worst_latent_ratio
+            parts.append(f"latent MSE {_ratio(r)}x copy-last's (h={hz})")
+        value = "yes" if j.beats else "no"
+        cards.append(_card(label, value, "; ".join(parts), mark))
+
+    label = "Action sensitivity (dB)"
+    a = h.actions.rows
+    if not a or "action_sensitivity_psnr" not in a[0]:
+        cards.append(_not_measured(label, h.actions.why_not or "no action_sensitivity_psnr column"))
+    else:
+        first, last = a[0], a[-1]
+        ok = not sensitivity_not_positive(a)
+        cards.append(
+            _card(
+                label,
+                " → ".join(_signed_db(r["action_sensitivity_psnr"]) for r in (first, last)),
+                f"h={int(first['horizon'])} → h={int(last['horizon'])}: PSNR under the recorded actions "
+                "minus under another clip's",
+                ("pass", "✓ positive") if ok else ("miss", "✗ not positive"),
+            )
+        )
+
+    label = "Counterfactual response"
+    c = h.counterfactual.rows
+    if not c or "action_response_ratio" not in c[-1]:
+        cards.append(_not_measured(label, h.counterfactual.why_not or "no action_response_ratio column"))
+    else:
+        last, cf = c[-1], h.counterfactual.entry
+        ratio = last["action_response_ratio"]
+        detail = f"h={int(last['horizon'])}"
+        if cf.get("branches"):
+            detail += f", {cf['branches']} branches at {cf.get('resolution') or '?'}"
+        detail += ": 1 = reacts to other actions as the game does, 0 = ignores them"
+        if not math.isfinite(ratio):
+            detail += " (no ratio: the true futures are identical in every branch)"
+        if "counterfactual_psnr" in last:
+            detail += f"; counterfactual PSNR {last['counterfactual_psnr']:.2f} dB"
+        games = cf.get("games") if isinstance(cf.get("games"), dict) else {}
+        if len(games) > 1:
+            per_game = {g: json_rows(r, f"eval/eval.json counterfactual.games.{g}") for g, r in games.items()}
+            detail += "; by game: " + ", ".join(
+                f"{g} {_ratio(r[-1]['action_response_ratio'])}" for g, r in per_game.items() if r
+            )
+        if cf.get("note"):
+            detail += f" ({cf['note']})"
+        value = (
+            f"ratio {_ratio(ratio)}" if math.isfinite(ratio) else '<span class="na">ratio undefined</span>'
+        )
+        cards.append(_card(label, value, detail))
+
+    lines, timed = [], False
+    for name, run in h.training.items():
+        if run.steps is None:
+            lines.append(f'{name} <span class="na">not trained</span>')
+        elif run.seconds is None:
+            lines.append(f"{name} {run.steps} steps")
+        else:
+            timed = True
+            lines.append(f"{name} {format_duration(run.seconds)} <small>{run.steps} steps</small>")
+    detail = (
+        "wall time inside training steps (train/step_time_s); start-up, checkpoints, evaluation not counted"
+        if timed
+        else "no step time recorded in metrics.jsonl: steps only"
+    )
+    cards.append(_card("Training time", "<br>".join(lines), detail, value_class="v sm"))
+    return '<div class="figs">' + "".join(cards) + "</div>"
+
+
+def provenance_short(info: dict[str, Any] | None) -> str:
+    """``4 heldout clips at 64x64 · dynamics step 500 · tokenizer ... · machine · date`` from eval.json."""
+    if not info:
+        return ""
+    data = info.get("data") if isinstance(info.get("data"), dict) else {}
+    bits = []
+    if "clips" in data:
+        bits.append(
+            f"{data['clips']} {data.get('split', '')} clips at {data.get('resolution', '?')}".replace(
+                "  ", " "
+            )
+        )
+    if "checkpoint_step" in info:
+        bits.append(f"dynamics step {info['checkpoint_step']}")
+    for k in ("tokenizer", "machine", "date"):
+        if info.get(k):
+            bits.append(f"{k} {info[k]}" if k == "tokenizer" else str(info[k]))
+    return " · ".join(bits)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Sections
 
 
-def section_curated(rep: Report) -> None:
+def section_verdict(h: Headline, missing: list[str]) -> str:
+    """The block the page opens with: sentence, figures, provenance, what is not there yet."""
+    beats = h.compounding.beats if h.compounding else None
+    cls = {True: "good", False: "bad", None: "unknown"}[beats]
+    out = [f'<section id="verdict" class="verdict {cls}">', f'<p class="say">{esc(headline_sentence(h))}</p>']
+    out.append(headline_cards(h))
+    prov = provenance_short(h.info)
+    if prov:
+        out.append(f'<p class="prov">Dynamics figures: {esc(prov)}.</p>')
+    if missing:
+        out.append(
+            '<p class="missing">Not in this folder yet (stages not run, or run elsewhere): '
+            + ", ".join(f"<code>{esc(m)}</code>" for m in missing)
+            + ".</p>"
+        )
+    else:
+        out.append('<p class="prov">Every stage\'s output is present.</p>')
+    return "".join(out) + "</section>"
+
+
+def section_videos(rep: Report, h: Headline) -> None:
+    e, tok = rep.root / "eval", rep.root / "tokenizer" / "eval"
+    rep.add('<h2>1. What the model imagines</h2><div class="videos">')
+    media(
+        rep,
+        e / "rollout.mp4",
+        "Rollout. Left: the true frames. Right: the model: the real context through the tokenizer "
+        "(red border), then frames imagined open-loop under the recorded actions.",
+        "no rollout video",
+    )
+    media(
+        rep,
+        tok / "recon.mp4",
+        "Tokenizer. Left: the original held-out clip. Right: its reconstruction (decode(encode(clip))).",
+        "no reconstruction video",
+    )
+    cf = e / "counterfactual.mp4"
+    if cf.is_file() or h.counterfactual.rows:
+        media(
+            rep,
+            cf,
+            "Counterfactual, from one saved game state: true A | model A | true B | model B, where A "
+            "plays the recorded actions and B other ones (the model's real context has a red border).",
+            "the counterfactual was measured but its video is not there",
+        )
+    else:
+        rep.add(f'<p class="na">No counterfactual video (not measured, {esc(h.counterfactual.why_not)}).</p>')
+    rep.add("</div>")
+
+
+def section_curve(rep: Report, h: Headline) -> None:
+    e = rep.root / "eval"
+    rep.add("<h2>2. How the error grows with the horizon</h2>")
+    prov = provenance_line(e / "eval.json")
+    if prov:
+        rep.add(f"<p>Figures below: {esc(prov)}.</p>")
+    csv_path = e / "compounding_error.csv"
+    rows = read_csv_rows(csv_path) if csv_path.is_file() else []
+    if csv_path.is_file():
+        rep.add(f'<p class="says">{esc(compounding_verdict(rows))}</p>')
+    if h.actions.rows:
+        rep.add(f'<p class="says">Actions: {esc(action_verdict(h.actions.rows))}</p>')
+    if h.counterfactual.rows:
+        rep.add(f'<p class="says">Counterfactual: {esc(counterfactual_verdict(h.counterfactual.rows))}</p>')
+    png = e / "compounding_error.png"
+    if png.is_file():
+        media(rep, png, "compounding error against the horizon", "")
+    elif rows:
+        cols = [
+            c for c in ("model_psnr", "copy_last_psnr", "copy_last_recon_psnr", "recon_psnr") if c in rows[0]
+        ]
+        rep.add(
+            svg_lines(
+                {c: [(r["horizon"], r[c]) for r in rows] for c in cols},
+                "PSNR against horizon",
+                "horizon (frames)",
+                "PSNR (dB)",
+            )
+        )
+        rep.note_missing(png, "drawn here from the CSV instead")
+    else:
+        rep.note_missing(png, "no compounding-error figure")
+
+
+def _run_folder(rep: Report, run_dir: Path, name: str) -> None:
+    """Loss curve, the last logged step's runtime figures and config.yaml of a training run folder."""
+    if not run_dir.is_dir():
+        rep.note_missing(run_dir, f"the {name} model has not been trained")
+        return
+    rows = read_metrics(run_dir)
+    if not rows:
+        rep.note_missing(run_dir / "metrics.jsonl", f"no training metrics of the {name}")
+    else:
+        steps = sorted(rows)
+        loss = [(float(s), float(rows[s]["train/loss"])) for s in steps if "train/loss" in rows[s]]
+        rep.add(svg_lines({"train/loss": loss}, f"{name}: training loss", "step", "loss"))
+        last = rows[steps[-1]]
+        keys = [
+            k
+            for k in (
+                "train/lr",
+                "train/grad_norm",
+                "train/step_time_s",
+                "train/samples_per_s",
+                "train/tokens_per_s",
+                "train/mfu",
+                "train/peak_mem_gib",
+                "train/skipped_steps",
+            )
+            if k in last
+        ]
+        if keys:
+            rep.add(
+                f"<p>Last logged step {steps[-1]}:</p>"
+                + table([[k, float(last[k])] for k in keys], ["metric", "value"])
+            )
+    cfg = run_dir / "config.yaml"
+    if cfg.is_file():
+        rep.add(f"<h3>{esc(name)}/config.yaml</h3><pre>{esc(cfg.read_text())}</pre>")
+
+
+def _tokenizer_metrics(rep: Report) -> None:
+    mpath = rep.root / "tokenizer" / "eval" / "metrics.json"
+    if not mpath.is_file():
+        rep.note_missing(mpath, "the tokenizer has not been evaluated")
+        return
+    m = read_json(mpath)
+    rep.add(
+        f"<p>Reconstruction on {esc(m.get('clips', '?'))} held-out clips at "
+        f"{esc(m.get('resolution', 'unknown resolution'))}: PSNR {esc(fmt(m.get('recon_psnr')))} dB, "
+        f"SSIM {esc(fmt(m.get('recon_ssim')))}.</p>"
+    )
+    rep.add(
+        table(
+            [[k, v if not isinstance(v, (dict, list)) else json.dumps(v)] for k, v in m.items()],
+            ["key", "value"],
+        )
+    )
+
+
+def _curation(rep: Report) -> None:
     d = rep.root / "curated"
-    rep.add("<h2>1. What was curated</h2>")
     stats_path = d / "stats.json"
     if stats_path.is_file():
         stats = read_json(stats_path)
@@ -370,8 +1100,12 @@ def section_curated(rep: Report) -> None:
         rep.add(f"<h3>Inputs ({len(rows)}; failed and skipped first)</h3>")
         body = []
         for r in shown:
-            probe = r.get("probe") or {}
-            res = f"{probe['width']}x{probe['height']}" if "width" in probe and "height" in probe else ""
+            probe_info = r.get("probe") or {}
+            res = (
+                f"{probe_info['width']}x{probe_info['height']}"
+                if "width" in probe_info and "height" in probe_info
+                else ""
+            )
             body.append(
                 [
                     r.get("source", ""),
@@ -395,151 +1129,118 @@ def section_curated(rep: Report) -> None:
         rep.note_missing(d / "shards", "no clip shards")
 
 
-def _run_folder(rep: Report, run_dir: Path, name: str) -> None:
-    """Loss curve (and the last logged throughput) of a training run folder."""
-    rows = read_metrics(run_dir)
-    if not rows:
-        rep.note_missing(run_dir / "metrics.jsonl", f"no training metrics of the {name}")
-        return
-    steps = sorted(rows)
-    loss = [(float(s), float(rows[s]["train/loss"])) for s in steps if "train/loss" in rows[s]]
-    rep.add(svg_lines({"train/loss": loss}, f"{name}: training loss", "step", "loss"))
-    last = rows[steps[-1]]
-    keys = [
-        k
-        for k in (
-            "train/lr",
-            "train/grad_norm",
-            "train/samples_per_s",
-            "train/tokens_per_s",
-            "train/mfu",
-            "train/peak_mem_gib",
-            "train/skipped_steps",
-        )
-        if k in last
-    ]
-    if keys:
-        rep.add(
-            f"<p>Last logged step {steps[-1]}:</p>"
-            + table([[k, float(last[k])] for k in keys], ["metric", "value"])
-        )
-    cfg = run_dir / "config.yaml"
-    if cfg.is_file():
-        rep.add(
-            f"<details><summary>{esc(name)} config.yaml</summary><pre>{esc(cfg.read_text())}</pre></details>"
-        )
-
-
-def section_tokenizer(rep: Report) -> None:
-    d = rep.root / "tokenizer"
-    rep.add("<h2>2. How well the tokenizer reconstructs</h2>")
-    mpath = d / "eval" / "metrics.json"
-    if mpath.is_file():
-        m = read_json(mpath)
-        psnr, ssim = m.get("recon_psnr"), m.get("recon_ssim")
-        res, clips = m.get("resolution", "unknown resolution"), m.get("clips", "?")
-        rep.add(
-            f"<p>Reconstruction on {esc(clips)} held-out clips at {esc(res)}: "
-            f"<b>PSNR {esc(fmt(psnr))} dB</b>, <b>SSIM {esc(fmt(ssim))}</b>.</p>"
-        )
-        rep.add(
-            table(
-                [[k, v if not isinstance(v, (dict, list)) else json.dumps(v)] for k, v in m.items()],
-                ["key", "value"],
-            )
-        )
-    else:
-        rep.note_missing(mpath, "the tokenizer has not been evaluated")
-    media(
-        rep,
-        d / "eval" / "recon.mp4",
-        "left: original, right: reconstruction (held-out clips)",
-        "no reconstruction video",
-    )
-    if d.is_dir():
-        _run_folder(rep, d, "tokenizer")
-    else:
-        rep.note_missing(d, "the tokenizer has not been trained")
+def _latents(rep: Report) -> None:
     lat = rep.root / "latents"
-    if lat.is_dir():
-        n = len(list(lat.rglob("*.tar")))
-        rep.add(f"<p>Latents: {n} shards in <code>latents/</code>.</p>")
-        if (lat / "stats.json").is_file():
-            stats = read_json(lat / "stats.json")
-            if isinstance(stats, dict):
-                rep.add(dict_tables(stats, "Latent totals (latents/stats.json)"))
-    else:
+    if not lat.is_dir():
         rep.note_missing(lat, "the clips have not been tokenized")
+        return
+    n = len(list(lat.rglob("*.tar")))
+    rep.add(f"<p>Latents: {n} shards in <code>latents/</code>.</p>")
+    if (lat / "stats.json").is_file():
+        stats = read_json(lat / "stats.json")
+        if isinstance(stats, dict):
+            rep.add(dict_tables(stats, "Latent totals (latents/stats.json)"))
 
 
-def section_dynamics(rep: Report) -> None:
-    e = rep.root / "eval"
-    rep.add("<h2>3. What the model imagines</h2>")
-    media(rep, e / "rollout.mp4", "imagined frames beside the truth", "no rollout video")
-    d = rep.root / "dynamics"
-    if d.is_dir():
-        _run_folder(rep, d, "dynamics")
+def _configs(rep: Report) -> None:
+    d = rep.root / "configs"
+    files = sorted(p for p in d.glob("*.yaml") if not p.name.endswith(".draft.yaml"))
+    if not files:
+        rep.note_missing(d, "the chain has not written its stage configs")
+    for p in files:
+        rep.add(f"<h3>configs/{esc(p.name)}</h3><pre>{esc(p.read_text())}</pre>")
+
+
+def _provenance(rep: Report) -> None:
+    p = rep.root / "eval" / "eval.json"
+    if p.is_file():
+        prov = read_json(p)
+        if isinstance(prov, dict):
+            rep.add(dict_tables(prov, "eval.json"))
     else:
-        rep.note_missing(d, "the dynamics model has not been trained")
+        rep.note_missing(p, "no provenance: the evaluation has not run")
 
-    rep.add("<h2>4. How the error grows with the horizon</h2>")
-    prov = provenance_line(e / "eval.json")
-    if prov:
-        rep.add(f"<p>Figures below: {esc(prov)}.</p>")
-    csv_path = e / "compounding_error.csv"
-    rows: list[dict[str, float]] = []
-    if csv_path.is_file():
-        rows = read_csv_rows(csv_path)
-        rep.add(f'<p class="verdict">{esc(compounding_verdict(rows))}</p>')
-    png = e / "compounding_error.png"
-    if png.is_file():
-        media(rep, png, "compounding error against the horizon", "")
-    elif rows:
-        cols = [
-            c for c in ("model_psnr", "copy_last_psnr", "copy_last_recon_psnr", "recon_psnr") if c in rows[0]
-        ]
-        rep.add(
-            svg_lines(
-                {c: [(r["horizon"], r[c]) for r in rows] for c in cols},
-                "PSNR against horizon",
-                "horizon (frames)",
-                "PSNR (dB)",
+
+def _optional_csv(rep: Report, m: Measured, name: str, first: tuple[str, ...]) -> None:
+    """The rows of an optional measurement, "not measured" with eval.json's reason, or missing."""
+    path = rep.root / "eval" / name
+    if m.rows:
+        rep.add(rows_table(m.rows, first))
+        if not path.is_file():
+            rep.note_missing(path, "rows read from eval.json instead")
+    elif path.is_file():
+        rep.add("<p>(no rows)</p>")
+    elif m.status is not None and m.status != "computed":
+        rep.add(f'<p class="na">Not measured: {esc(m.why_not)}.</p>')
+    else:
+        rep.note_missing(path, f"not measured, {m.why_not}")
+
+
+def section_raw(rep: Report, h: Headline) -> None:
+    rep.add("<h2>3. Raw tables</h2><p>Folded: click a title to open it.</p>")
+
+    def compounding() -> None:
+        path = rep.root / "eval" / "compounding_error.csv"
+        if path.is_file():
+            rep.add(rows_table(read_csv_rows(path), COMPOUNDING_COLUMNS))
+        else:
+            rep.note_missing(path, "the dynamics model has not been evaluated")
+
+    rep.fold("Compounding error per horizon (eval/compounding_error.csv)", compounding)
+    rep.fold(
+        "Action sensitivity per horizon, dB (eval/action_sensitivity.csv)",
+        lambda: _optional_csv(
+            rep, h.actions, "action_sensitivity.csv", ("horizon", "action_sensitivity_psnr")
+        ),
+    )
+
+    def counterfactual() -> None:
+        # Optional (simulator data only): without an eval.json status its absence is not "missing".
+        m = h.counterfactual
+        if not (m.rows or m.status == "computed"):
+            rep.add(f'<p class="na">Not measured: {esc(m.why_not)}.</p>')
+            return
+        _optional_csv(rep, m, "counterfactual.csv", COUNTERFACTUAL_COLUMNS)
+        if m.entry.get("note"):
+            rep.add(f"<p>{esc(m.entry['note'])}.</p>")
+        games = m.entry.get("games") if isinstance(m.entry.get("games"), dict) else {}
+        for game, rows in games.items():
+            rep.add(f"<h3>{esc(game)} alone</h3>")
+            rep.add(
+                rows_table(
+                    json_rows(rows, f"eval/eval.json counterfactual.games.{game}"), COUNTERFACTUAL_COLUMNS
+                )
             )
-        )
-        rep.note_missing(png, "drawn here from the CSV instead")
-    else:
-        rep.note_missing(png, "no compounding-error figure")
-    if csv_path.is_file():
-        cols = [c for c in COMPOUNDING_COLUMNS if rows and c in rows[0]]
-        cols += [c for c in (rows[0] if rows else {}) if c not in cols]
-        rep.add(table([[int(r[c]) if c == "horizon" else r[c] for c in cols] for r in rows], cols))
-    else:
-        rep.note_missing(csv_path, "the dynamics model has not been evaluated")
 
-    rep.add("<h2>5. Does the model use the actions?</h2>")
-    a_path = e / "action_sensitivity.csv"
-    if a_path.is_file():
-        arows = read_csv_rows(a_path)
-        rep.add(f'<p class="verdict">{esc(action_verdict(arows))}</p>')
-        rep.add(
-            table(
-                [[int(r["horizon"]), r["action_sensitivity_psnr"]] for r in arows],
-                ["horizon", "action_sensitivity_psnr (dB)"],
-            )
-        )
-    else:
-        rep.note_missing(
-            a_path, "no action-sensitivity figures: the clips carry no actions, or eval has not run"
-        )
+    rep.fold("Counterfactual actions per horizon (eval/counterfactual.csv)", counterfactual)
+    rep.fold("Tokenizer reconstruction (tokenizer/eval/metrics.json)", lambda: _tokenizer_metrics(rep))
+    rep.fold(
+        "Tokenizer training (tokenizer/: loss, last step, config)",
+        lambda: _run_folder(rep, rep.root / "tokenizer", "tokenizer"),
+    )
+    rep.fold(
+        "Dynamics training (dynamics/: loss, last step, config)",
+        lambda: _run_folder(rep, rep.root / "dynamics", "dynamics"),
+    )
+    rep.fold("Curation: totals, inputs, shards (curated/)", lambda: _curation(rep))
+    rep.fold("Latents (latents/)", lambda: _latents(rep))
+    rep.fold("Run configs (configs/)", lambda: _configs(rep))
+    rep.fold(
+        "Provenance of the dynamics figures, verdict, counterfactual (eval/eval.json)",
+        lambda: _provenance(rep),
+    )
 
 
 def provenance_line(path: Path) -> str:
-    """``eval.json`` flattened to one line (``data.clips: 4; checkpoint_step: 500; ...``), or ""."""
+    """``eval.json`` flattened to one line (``data.clips: 4; checkpoint_step: 500; ...``), or "".
+
+    Its figures (``verdict``, the ``counterfactual`` object) are left to the tables."""
     if not path.is_file():
         return ""
     prov = read_json(path)
     if not isinstance(prov, dict):
         return ""
+    prov = {k: v for k, v in prov.items() if k not in ("verdict", "counterfactual")}
 
     def flat(d: dict[str, Any], prefix: str = "") -> list[str]:
         out = []
@@ -550,41 +1251,23 @@ def provenance_line(path: Path) -> str:
     return "; ".join(flat(prov))
 
 
-def section_provenance(rep: Report) -> None:
-    rep.add("<h2>6. Where the figures come from</h2>")
-    p = rep.root / "eval" / "eval.json"
-    if p.is_file():
-        prov = read_json(p)
-        if isinstance(prov, dict):
-            rep.add(dict_tables(prov, "eval.json"))
-    else:
-        rep.note_missing(p, "no provenance: the evaluation has not run")
-
-
 def build_report(output_dir: str | Path) -> str:
     """The report of a pipeline output folder as one HTML string (nothing written)."""
     root = Path(output_dir).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"{output_dir} is not a folder; pass the output= folder of `vidworld run`")
     rep = Report(root)
-    section_curated(rep)
-    section_tokenizer(rep)
-    section_dynamics(rep)
-    section_provenance(rep)
-    if rep.missing:
-        summary = (
-            '<p class="missing">Not in this folder yet (stages not run, or run elsewhere): '
-            + ", ".join(f"<code>{esc(m)}</code>" for m in rep.missing)
-            + ".</p>"
-        )
-    else:
-        summary = "<p>Every stage's output is present.</p>"
+    h = read_headline(root)
+    section_videos(rep, h)
+    section_curve(rep, h)
+    section_raw(rep, h)
     head = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>vidworld report: '
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>vidworld report: '
         f"{esc(root.name)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>vidworld report: {esc(root.name)}</h1><p>Output folder <code>{esc(root)}</code>.</p>"
+        f'<h1>vidworld report: {esc(root.name)}</h1><p class="sub">Output folder <code>{esc(root)}</code></p>'
     )
-    return head + summary + "".join(rep.parts) + "</body></html>\n"
+    return head + section_verdict(h, rep.missing) + "".join(rep.parts) + "</body></html>\n"
 
 
 def write_report(output_dir: str | Path) -> Path:

@@ -14,6 +14,8 @@ from tests.dynamics.eval_helpers import (
     SPLITS,
     CopyLastDynamics,
     dyn_config,
+    eval_config,
+    evaluate_argv,
     fsq_oracle,
     make_data,
     oracle,
@@ -24,7 +26,6 @@ from tokenizer.evaluate import iter_split
 from tokenizer.metrics import psnr, to_uint8
 from vidworld.cli import main
 from vidworld.report import COMPOUNDING_COLUMNS
-from vidworld.tracking import WandbConfig
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +35,7 @@ def data(tmp_path_factory):
 
 
 def _cfg(data, out, **kw) -> EvaluateConfig:
-    root = data["root"]
-    base = dict(
-        checkpoint="stub",
-        tokenizer=str(root / "tok"),
-        shards=str(root / "latents"),
-        clips=str(root / "clips"),
-        output=str(out),
-        context=2,
-        horizon=2,
-        wandb=WandbConfig(mode="disabled"),
-    )
-    base.update(kw)
-    return EvaluateConfig(**base)
+    return eval_config(data["root"], out, **kw)
 
 
 def _rows(path):
@@ -136,19 +125,7 @@ def test_too_long_a_horizon_is_a_clear_error(data, tmp_path):
 def test_vidworld_evaluate_runs_a_trained_run_folder_and_logs_to_wandb_offline(data, tmp_path, capsys):
     run = write_run(tmp_path / "run", dyn_config(), step=11)
     root = data["root"]
-    rc = main(
-        [
-            "evaluate",
-            "jobs/evaluate.yaml",
-            f"checkpoint={run}",
-            f"tokenizer={root / 'tok'}",
-            f"shards={root / 'latents'}",
-            f"clips={root / 'clips'}",
-            f"output={tmp_path / 'eval'}",
-            "max_clips=2",
-            "device=cpu",
-        ]
-    )
+    rc = main(evaluate_argv(root, run, tmp_path / "eval"))
     assert rc == 0
     cols, rows = _rows(tmp_path / "eval" / "compounding_error.csv")
     assert tuple(cols) == COMPOUNDING_COLUMNS and len(rows) == 2
@@ -160,16 +137,7 @@ def test_vidworld_evaluate_runs_a_trained_run_folder_and_logs_to_wandb_offline(d
 
 def test_perfect_model_over_fsq_indices_reaches_the_ceiling(tmp_path):
     w = fsq_oracle(tmp_path)
-    cfg = EvaluateConfig(
-        checkpoint="stub",
-        tokenizer=str(tmp_path / "tok"),
-        shards=str(tmp_path / "latents"),
-        clips=str(tmp_path / "clips"),
-        output=str(tmp_path / "eval"),
-        max_clips=2,
-        wandb=WandbConfig(mode="disabled"),
-    )
-    res = evaluate(cfg, w)
+    res = evaluate(eval_config(tmp_path, tmp_path / "eval", max_clips=2), w)
     for r in res["rows"]:
         assert r["model_psnr"] == pytest.approx(r["recon_psnr"], abs=1e-9)
         assert r["model_latent_mse"] == 0.0

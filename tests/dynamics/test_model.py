@@ -46,7 +46,9 @@ def network_output(
 ) -> torch.Tensor:
     """Per-frame network output ``[B, T, ...]`` for latents or indices."""
     if isinstance(model, DiffusionDynamics):
-        return model.predict(x.permute(0, 2, 3, 4, 1), s, a)
+        frames = x.permute(0, 2, 3, 4, 1)
+        prev = model.predecessors(frames) if model.cfg.residual else None
+        return model.predict(frames, s, a, prev=prev)
     return model.logits(x, a)
 
 
@@ -86,7 +88,7 @@ def test_changing_future_frames_does_not_change_past_outputs(head, factorized, b
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
 def test_cached_rollout_equals_uncached_rollout(overrides):
-    cfg = DynamicsConfig(sampling_steps=3, maskgit_steps=3, **overrides)
+    cfg = DynamicsConfig(sampling_steps=3, maskgit_steps=3, max_frames=5, **overrides)
     model = randomized(cfg)
     x, a = inputs(cfg, 2, 5)
     context = x[:, :, :2] if cfg.head == "diffusion" else x[:, :2]
@@ -103,7 +105,7 @@ def test_cached_rollout_equals_uncached_rollout(overrides):
 @pytest.mark.parametrize("head", ["diffusion", "maskgit"])
 def test_cached_rollout_feeds_each_frame_through_the_network_far_less(head):
     """The cache is what makes rollouts cheap: count the tokens entering the network."""
-    cfg = DynamicsConfig(head=head, sampling_steps=4, maskgit_steps=4)
+    cfg = DynamicsConfig(head=head, sampling_steps=4, maskgit_steps=4, max_frames=8)
     model = randomized(cfg)
     seen = []
     model.backbone.patch_in.register_forward_hook(lambda m, i, o: seen.append(o.shape[:2].numel()))
@@ -116,6 +118,30 @@ def test_cached_rollout_feeds_each_frame_through_the_network_far_less(head):
     # Cached: 2 context + 6 frames x (4 steps + 1 cache write) - 1; uncached: steps x (past + 1).
     assert cached == 2 + 6 * 5 - 1 and uncached == 4 * sum(range(3, 9))
     assert cached < uncached / 2
+
+
+@pytest.mark.parametrize("head", ["diffusion", "maskgit"])
+@pytest.mark.parametrize("factorized", [False, True])
+def test_a_rollout_past_max_frames_attends_over_a_window_of_max_frames(head, factorized):
+    cfg = DynamicsConfig(head=head, max_frames=3, factorized=factorized, depth=2, sampling_steps=2)
+    model = randomized(cfg)
+    x, a = inputs(cfg, 1, 8)
+    context = x[:, :, :2] if head == "diffusion" else x[:, :2]
+    seen_keys = []
+
+    def keys(module, args, out):  # the attention's key length for each new query frame
+        seen_keys.append(out[1][0].shape[2])
+
+    for blk in model.backbone.blocks:
+        if blk.kind != "spatial":
+            blk.attn.register_forward_hook(keys)
+    model.rollout(context, a, 6)
+    n = cfg.tokens_per_frame
+    full = n if not factorized else 1
+    assert max(seen_keys) == cfg.max_frames * full  # the window's past frames and the new one
+    seen_keys.clear()
+    model.rollout(context, a, 6, use_cache=False)
+    assert max(seen_keys) == cfg.max_frames * full  # rerun, the window is as long
 
 
 def test_100m_preset_has_about_100m_parameters_and_fits_16_frames_of_32x32():

@@ -78,7 +78,7 @@ def test_vidworld_rollout_writes_truth_beside_model_with_the_context_marked(data
 
 
 def test_rollout_is_reproducible_for_a_seed(data, tmp_path):
-    run = write_run(tmp_path / "run", dyn_config())
+    run = write_run(tmp_path / "run", dyn_config(), perturb=0.05)
     w = WorldModel.load(run, data["root"] / "tok", "cpu")
     cfg = RolloutConfig(
         checkpoint=str(run),

@@ -87,3 +87,21 @@ def test_rollouts_under_true_actions_beat_rollouts_under_shuffled_actions(traine
         error = lambda a: float((model.rollout(context, a, 3, temperature=0.0) != truth).float().mean())
     true_err, shuffled_err = error(actions), error(shuffled)
     assert true_err < 0.5 * shuffled_err, (head, true_err, shuffled_err)
+
+
+@pytest.mark.integration
+def test_a_briefly_trained_model_beats_copying_the_last_frame_at_every_horizon(trained):
+    head, model, _, _ = trained
+    idx, actions = dot_world(64, 4, size=4, generator=torch.Generator().manual_seed(321), cross=True)
+    x = model_input(head, idx)
+    if head == "diffusion":
+        context, truth = x[:, :, :1], x[:, :, 1:]
+        pred = model.rollout(context, actions, 3, generator=torch.Generator().manual_seed(5))
+        per_h = lambda a: ((a - truth) ** 2).mean(dim=(0, 1, 3, 4))  # noqa: E731
+        model_err, copy_err = per_h(pred), per_h(context.expand_as(truth))
+    else:
+        context, truth = x[:, :1], x[:, 1:]
+        pred = model.rollout(context, actions, 3, temperature=0.0)
+        per_h = lambda a: (a != truth).float().mean(dim=(0, 2, 3))  # noqa: E731
+        model_err, copy_err = per_h(pred), per_h(context.expand_as(truth))
+    assert (model_err < 0.5 * copy_err).all(), (head, model_err.tolist(), copy_err.tolist())

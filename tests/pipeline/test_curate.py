@@ -54,7 +54,12 @@ def _read_index(frame: np.ndarray) -> int:
 
 
 def _write_inputs(root: Path) -> None:
-    write_samples(root, SamplesConfig(synthetic=4, atari=2, atari_max_frames=150))
+    write_samples(
+        root,
+        SamplesConfig(
+            synthetic=4, natural=0, atari=2, atari_games=["ALE/Breakout-v5"], atari_max_frames=150, branches=1
+        ),
+    )
     i = np.arange(INDEX_FRAMES)
     write_video(
         root / "index" / "counter.mp4",
@@ -141,7 +146,8 @@ def _row(out: Path, inputs: Path, rel: str) -> dict:
 
 def test_every_input_gets_one_manifest_row_and_bad_files_say_why(curated, inputs):
     rows = _rows(curated)
-    assert len(rows) == 13  # 4 synthetic + 2 atari + 1 counter + 6 bad; sidecar .npy files are not inputs
+    # 4 synthetic + 2 atari + 1 counter + 6 bad; sidecar .npy files and the branch .npz are not inputs
+    assert len(rows) == 13
     expected = {
         "bad/empty.mp4": ("skipped", "empty file"),
         "bad/truncated.mp4": ("failed", "truncated"),
@@ -234,8 +240,8 @@ def test_actions_and_rewards_in_a_shard_belong_to_the_frames_they_were_recorded_
 
 
 def test_atari_clips_carry_their_episode_actions(curated, inputs):
-    row = _row(curated, inputs, "atari/breakout-00.mp4")
-    source_actions = np.load(inputs / "atari" / "breakout-00.actions.npy")
+    row = _row(curated, inputs, "atari/breakout/breakout-00.mp4")
+    source_actions = np.load(inputs / "atari" / "breakout" / "breakout-00.actions.npy")
     clips = [m for k, m in _clips(curated) if k.startswith(row["source_id"])]
     assert len(clips) == row["clips"] >= 4
     for members in clips:

@@ -12,7 +12,7 @@ from pipeline.video import decode_mp4
 from tests.tokenizer.eval_fixtures import write_clip_shards
 from tests.tokenizer.helpers import randomized, tiny_config
 from tokenizer import save_tokenizer
-from tokenizer.evaluate import evaluate_tokenizer, select_samples
+from tokenizer.evaluate import evaluate_tokenizer, select_by_group, select_samples, source_group
 from tokenizer.metrics import psnr, ssim, to_uint8
 from tokenizer.tokenize import frames_to_video
 
@@ -90,6 +90,21 @@ def test_clip_choice_depends_on_seed_and_keys_not_order():
     b = [s["key"] for s in select_samples(iter(samples[::-1]), 5, seed=0)]
     c = [s["key"] for s in select_samples(iter(samples), 5, seed=1)]
     assert a == b and len(set(a)) == 5 and a != c
+
+
+def test_every_kind_of_data_gets_its_own_clips_and_figures():
+    samples = [
+        {"key": f"{kind}{i}", "meta": {"source": f"/data/samples/{kind}/v{i % 3}.mp4"}}
+        for kind in ("breakout", "natural", "pong")
+        for i in range(10 if kind == "natural" else 3)
+    ]
+    chosen = select_by_group(iter(samples), 4, seed=0)
+    kinds = [source_group(s["meta"]) for s in chosen]
+    assert kinds == ["breakout"] * 3 + ["natural"] * 4 + ["pong"] * 3
+    # The plain selection is the one-group case: the same ranking, whatever the sources.
+    assert [s["key"] for s in select_samples(iter(samples), 4, seed=0)] == [
+        s["key"] for s in select_by_group(iter(samples), 4, seed=0, group=lambda meta: "")
+    ]
 
 
 def test_no_heldout_clips_is_a_clear_error(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -179,3 +181,35 @@ def test_blocks_lists_every_residual_block_once_in_order():
     for b in blocks[:n_enc]:
         x = b(x)
     assert x.shape[1:3] == (model.encoder.conv_out.conv.in_channels, 2)
+
+
+@pytest.mark.parametrize("patch,spatial,temporal", [(2, 4, 1), (4, 4, 1), (4, 8, 2)])
+def test_patch_size_folds_pixels_into_channels_and_keeps_shapes_and_streaming(patch, spatial, temporal):
+    cfg = dataclasses.replace(tiny_config(temporal, spatial), patch_size=patch)
+    model = randomized(cfg)
+    video = random_video(1 + 2 * temporal, 2 * spatial)
+    z = model.encode(video)
+    assert z.shape == (1, 4, 3, 2, 2) and model.decode(z).shape == video.shape
+    chunked = model.encode(video, chunk_frames=temporal)
+    torch.testing.assert_close(chunked, z, atol=1e-5, rtol=1e-5)
+    # The first conv sees patch x patch pixel blocks as channels.
+    assert model.encoder.conv_in.conv.in_channels == 3 * patch * patch
+
+
+def test_temporal_kernel_1_codes_each_frame_on_its_own():
+    cfg = dataclasses.replace(tiny_config(1, 4), patch_size=4, temporal_kernel=1)
+    model = randomized(cfg)
+    video = random_video(5, 16)
+    other = video.clone()
+    other[:, :, 2] = random_video(1, 16, seed=9)[:, :, 0]
+    z, z2 = model.encode(video), model.encode(other)
+    changed = [(z2[:, :, t] - z[:, :, t]).abs().max().item() > 1e-4 for t in range(5)]
+    assert changed == [False, False, True, False, False]
+    # With the default temporal kernel, later latents see the change too.
+    model3 = randomized(dataclasses.replace(cfg, temporal_kernel=3))
+    assert (model3.encode(other)[:, :, 3] - model3.encode(video)[:, :, 3]).abs().max() > 1e-4
+
+
+def test_patch_size_larger_than_the_compression_is_refused_with_the_valid_values():
+    with pytest.raises(ValueError, match=r"patch_size=16: must be a power of two no larger than"):
+        dataclasses.replace(tiny_config(1, 8), patch_size=16)

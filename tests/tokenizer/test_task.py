@@ -44,8 +44,15 @@ def test_task_crops_a_loader_batch_and_gives_losses_media_and_counts():
     frames = torch.from_numpy(moving_shapes(2, 17, 40).numpy())  # [2, 17, 40, 40, 3] uint8
     video = task.prepare(frames)
     assert video.shape == (2, 3, 9, 32, 32) and video.dtype == torch.float32
-    # Centre crop of the first 9 frames.
+    # Centre crop of the first 9 frames; in training a window starting at a random frame.
     assert torch.equal(to_uint8(video), frames[:, :9, 4:36, 4:36])
+    g = torch.Generator().manual_seed(0)
+    starts = set()
+    for _ in range(20):
+        v = to_uint8(task.prepare(frames, g))
+        (start,) = [s for s in range(9) if torch.equal(v, frames[:, s : s + 9, 4:36, 4:36])]
+        starts.add(start)
+    assert len(starts) > 3
     out = task.loss(model, {"video": video})
     assert {"loss", "rec", "psnr_float"} <= set(out) and out["loss"].requires_grad
     out["loss"].backward()
