@@ -24,7 +24,7 @@ from vidworld.dashboard import (
     published_metrics,
     referenced_keys,
 )
-from vidworld.tracking import WandbConfig, read_metrics
+from vidworld.tracking import read_metrics
 
 
 def test_spec_references_exactly_the_runtime_and_published_keys():
