@@ -36,8 +36,8 @@ from pipeline.curate import CurateConfig, run  # noqa: E402
 from pipeline.inputs import list_inputs  # noqa: E402
 from pipeline.probe import BadInput, probe  # noqa: E402
 from pipeline.samples import SamplesConfig, synthetic_scene, write_samples, write_video  # noqa: E402
-from vidworld.cluster import init_ray  # noqa: E402
-from vidworld.config import load_config  # noqa: E402
+from runtime.cluster import init_ray  # noqa: E402
+from runtime.config import load_config  # noqa: E402
 
 
 def make_inputs(folder: Path, hd: int) -> None:

@@ -6,7 +6,7 @@
 
 Synthetic clips (moving sinusoidal texture plus grain, so H.264 has real work at crf 23) are
 written with ``ShardWriter`` into a temporary folder. "plain" decodes every clip's mp4 bytes from
-memory with ``pipeline.video.decode_mp4`` (PyAV) and nothing else; "loader" is one finite pass of
+memory with ``runtime.video.decode_mp4`` (PyAV) and nothing else; "loader" is one finite pass of
 ``make_loader`` over the shards (tar reading, shuffle buffer, decoding, collation into tensors).
 Each figure is the best of ``--repeats`` passes, plain and loader passes interleaved. "frames/s" is
 wall-clock; "frames/CPU-s" divides by the CPU time of every process involved (the training process
@@ -28,7 +28,7 @@ import torch
 
 from pipeline.loader import LoaderConfig, make_loader
 from pipeline.shards import ShardWriter
-from pipeline.video import decode_mp4, encode_mp4
+from runtime.video import decode_mp4, encode_mp4
 
 
 def synthetic_clip(rng: np.random.Generator, frames: int, size: int) -> np.ndarray:

@@ -28,9 +28,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vidworld.metrics import peak_flops  # noqa: E402
-from vidworld.reference_task import ReferenceModelConfig, ReferenceTask, TinyTransformer  # noqa: E402
-from vidworld.tracking import read_metrics  # noqa: E402
+from runtime.metrics import peak_flops  # noqa: E402
+from runtime.reference_task import ReferenceModelConfig, ReferenceTask, TinyTransformer  # noqa: E402
+from runtime.tracking import read_metrics  # noqa: E402
 
 
 def runtime_figures(

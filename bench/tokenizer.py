@@ -31,11 +31,11 @@ sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resol
 
 import torch  # noqa: E402
 
+from runtime.progress import Progress  # noqa: E402
 from tokenizer import TokenizerConfig, build_tokenizer  # noqa: E402
 from tokenizer.losses import TokenizerObjective  # noqa: E402
 from tokenizer.metrics import codebook_usage, from_uint8, psnr, ssim, to_uint8  # noqa: E402
 from tokenizer.synthetic import moving_shapes  # noqa: E402
-from vidworld.progress import Progress  # noqa: E402
 
 COMPRESSIONS = [(4, 8), (8, 8), (8, 16)]
 

@@ -95,14 +95,14 @@ from dynamics.rollout import (
 )
 from pipeline.branches import BRANCH_SUFFIX, read_branch
 from pipeline.clips import RESIZE_MODES, center_crop, decode_size
-from pipeline.video import encode_mp4
+from runtime.config import load_config
+from runtime.files import atomic_write_bytes, atomic_write_text
+from runtime.progress import Progress
+from runtime.tracking import WandbConfig
+from runtime.video import encode_mp4
 from tokenizer.evaluate import iter_split, machine_name, select_samples, utc_now
 from tokenizer.metrics import from_uint8, psnr
-from vidworld.config import load_config
-from vidworld.files import atomic_write_bytes, atomic_write_text
-from vidworld.progress import Progress
 from vidworld.report import COMPOUNDING_COLUMNS, COUNTERFACTUAL_COLUMNS, compounding_verdict
-from vidworld.tracking import WandbConfig
 
 ACTION_COLUMNS = ("horizon", "action_sensitivity_psnr")
 # vidworld.report.COUNTERFACTUAL_COLUMNS are these means over branches, then two ratios of sums over

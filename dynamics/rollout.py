@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,12 +31,12 @@ from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
 from dynamics.task import DynamicsTask
-from pipeline.video import encode_mp4
+from runtime.files import atomic_write_bytes
+from runtime.stage import stage_cli
+from runtime.video import encode_mp4
 from tokenizer.evaluate import iter_split, resolve_device
 from tokenizer.export import load_tokenizer
 from tokenizer.metrics import to_uint8
-from vidworld.config import load_config
-from vidworld.files import atomic_write_bytes
 
 
 @dataclasses.dataclass
@@ -122,8 +121,8 @@ class WorldModel:
         cls, checkpoint: str | os.PathLike, tokenizer: str | os.PathLike, device: str = "auto"
     ) -> WorldModel:
         """Load a finished dynamics run folder and a tokenizer onto ``device`` (auto: cuda if any)."""
-        from vidworld.train import load_trained
-        from vidworld.trained import trained_step
+        from runtime.train import load_trained
+        from runtime.trained import trained_step
 
         dev = resolve_device(device)
         train_cfg, _, model = load_trained(checkpoint, dev)
@@ -284,11 +283,9 @@ def rollout_video(cfg: RolloutConfig, world: WorldModel | None = None) -> Path:
 
 def cli(config_path: str, overrides: list[str]) -> int:
     """``vidworld rollout jobs/rollout.yaml checkpoint=RUN tokenizer=TOK shards=LATENTS output=DIR``."""
-    cfg = load_config(RolloutConfig, config_path, overrides)
-    try:
-        path = rollout_video(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"vidworld rollout: {e}", file=sys.stderr)
-        return 1
+    return stage_cli("rollout", RolloutConfig, rollout_video, config_path, overrides, _print_path)
+
+
+def _print_path(_cfg: RolloutConfig, path: Path) -> int:
     print(path, flush=True)
     return 0

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from dynamics import build_dynamics
 from dynamics.config import DynamicsConfig
-from pipeline.loader import ClipLoader, make_loader
+from pipeline.loader import ClipLoader, LoaderConfig, make_loader
 
 
 def group_actions(actions: Tensor, latent_frames: int, tau: int, no_action: int | None) -> Tensor:
@@ -51,9 +51,10 @@ def group_actions(actions: Tensor, latent_frames: int, tau: int, no_action: int 
 
 
 class DynamicsTask:
-    """The ``Task`` of the dynamics model (see ``vidworld.task.Task``)."""
+    """The ``Task`` of the dynamics model (see ``runtime.task.Task``)."""
 
     config_class: ClassVar[type] = DynamicsConfig
+    data_class: ClassVar[type] = LoaderConfig
 
     def __init__(self, model_cfg: DynamicsConfig, train_cfg: Any) -> None:
         self.cfg = model_cfg

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidworld.files import atomic_open
+from runtime.files import atomic_open
 
 BRANCH_SUFFIX = ".npz"
 ARRAY_KEYS = ("frames_a", "frames_b", "actions_a", "actions_b", "rewards_a", "rewards_b")

@@ -58,10 +58,10 @@ from pipeline.manifest import make_row, summarize, write_manifest, write_stats
 from pipeline.probe import BadInput, FrameReader, probe
 from pipeline.scenes import CutConfig, CutDetector
 from pipeline.shards import FORMAT_VERSION, SHARD_PATTERN, ShardWriter, add_sample
-from pipeline.video import encode_mp4
-from vidworld.config import ConfigError, load_config
-from vidworld.files import atomic_open
-from vidworld.progress import Progress
+from runtime.config import ConfigError, load_config
+from runtime.files import atomic_open
+from runtime.progress import Progress
+from runtime.video import encode_mp4
 
 ROW_KEY = "row"  # the staging tar member (ROW_KEY.json) that holds the input's manifest row
 
@@ -313,11 +313,11 @@ def _stage_with_ray(items: list[InputItem], cfg: CurateConfig, staging_dir: Path
     """Map ``stage_input`` over ``items`` with Ray Data, one task per input. Returns clips written."""
     import ray
 
-    from vidworld.cluster import init_ray
+    from runtime.cluster import init_ray
 
     init_ray(cfg.num_cpus)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # vidworld.progress reports instead
+    ctx.enable_progress_bars = False  # runtime.progress reports instead
     ctx.max_errored_blocks = -1  # a worker dying on one input must not stop the job; pack() reports it
 
     def stage(record: dict[str, Any]) -> dict[str, Any]:

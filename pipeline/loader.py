@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from pipeline.video import decode_mp4
+from runtime.video import decode_mp4
 
 log = logging.getLogger(__name__)
 

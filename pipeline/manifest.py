@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from vidworld.files import atomic_write_text
+from runtime.files import atomic_write_text
 
 STATUSES = ("ok", "skipped", "failed")
 

@@ -37,9 +37,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline.branches import Branch, write_branch
-from pipeline.video import encode_mp4
-from vidworld.config import ConfigError, load_config
-from vidworld.files import atomic_open, atomic_write_bytes
+from runtime.config import ConfigError, load_config
+from runtime.files import atomic_open, atomic_write_bytes
+from runtime.video import encode_mp4
 
 ATARI_FPS = 15.0  # ALE v5 steps 4 emulator frames of 60 Hz per action
 NATURAL_FPS = 15

@@ -8,7 +8,7 @@ A curated dataset is a folder::
 
 Each clip is one WebDataset sample: tar members that share the key ``KEY`` (no dots in it)::
 
-    KEY.mp4           H.264 mp4, exactly the clip's frames (see pipeline.video)
+    KEY.mp4           H.264 mp4, exactly the clip's frames (see runtime.video)
     KEY.json          metadata: format_version, key, source, start_time, end_time (seconds in
                       the source), fps, width, height, num_frames, scores {name: float},
                       caption (when known); pipeline.curate adds source_id, clip_index,
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from vidworld.files import atomic_open
+from runtime.files import atomic_open
 
 FORMAT_VERSION = 1
 SHARD_PATTERN = "shard-{index:06d}.tar"

@@ -13,7 +13,7 @@
 # sent to the steps directly (scancel --signal=USR1 JOBID) reaches the same exit. SIGTERM is left
 # alone on purpose: scancel and the hard time limit still end the job without a requeue.
 
-PREEMPTED_EXIT_CODE=75  # vidworld.train.PREEMPTED_EXIT_CODE
+PREEMPTED_EXIT_CODE=75  # runtime.train.PREEMPTED_EXIT_CODE
 
 vidworld_log() { echo "[vidworld-slurm $(date -u +%H:%M:%S)] $*"; }
 

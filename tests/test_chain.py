@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.samples import SamplesConfig, write_samples
+from runtime.config import load_yaml
+from runtime.trained import trained_step
 from tests.vidworld.train_helpers import read_wandb_history
-from vidworld.config import load_yaml
-from vidworld.trained import trained_step
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,7 +36,6 @@ TINY = [
     f"dynamics.trainer.save_every={STEPS}",
     f"dynamics.trainer.eval_every={STEPS}",
     "dynamics.trainer.progress_interval=5",
-    "dynamics.data.batch_size=4",
     "dynamics.trainer.micro_batch_size=4",
     "evaluate.max_clips=2",
 ]

@@ -13,9 +13,9 @@ import pytest
 from dynamics.evaluate import EvaluateConfig
 from dynamics.rollout import RolloutConfig
 from pipeline.curate import CurateConfig
+from runtime.config import load_config, load_yaml
+from runtime.train import load_train_config
 from tokenizer.tokenize import TokenizeConfig
-from vidworld.config import load_config, load_yaml
-from vidworld.train import load_train_config
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 CHAINS = {"demo.yaml", "worldmodel.yaml", "pretrain.yaml"}

@@ -39,12 +39,12 @@ import numpy as np
 import torch
 
 from pipeline.loader import LoaderConfig, make_loader
-from pipeline.video import encode_mp4
+from runtime.config import load_config
+from runtime.files import atomic_write_bytes, atomic_write_text
+from runtime.progress import Progress
+from runtime.video import encode_mp4
 from tokenizer.export import load_tokenizer
 from tokenizer.metrics import codebook_usage, from_uint8, psnr, ssim, to_uint8
-from vidworld.config import load_config
-from vidworld.files import atomic_write_bytes, atomic_write_text
-from vidworld.progress import Progress
 
 
 @dataclasses.dataclass
@@ -176,7 +176,7 @@ def evaluate_tokenizer(
     Returns the dict written to ``out_dir/metrics.json`` (see the module docstring); also writes
     ``out_dir/recon.mp4``. Raises ``ValueError`` when the split has no clips.
     """
-    from vidworld.trained import trained_step  # here: it imports the training runtime
+    from runtime.trained import trained_step  # here: it imports the training runtime
 
     dev = resolve_device(device)
     tok = load_tokenizer(tokenizer_path, device=dev)

@@ -36,7 +36,7 @@ FORMAT = "vidworld-tokenizer"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-RUN_CONFIG = "config.yaml"  # a training run folder's resolved config (vidworld.train)
+RUN_CONFIG = "config.yaml"  # a training run folder's resolved config (runtime.train)
 
 
 def _model_fields(d: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def _find_export(path: Path) -> Path:
     if (path / RUN_CONFIG).is_file():
         raise FileNotFoundError(
             f"run folder {str(path)!r} has no {WEIGHTS} yet: the runtime writes it when training ends "
-            "(trainer.export_weights=true); or export a checkpoint with vidworld.checkpoint.export_weights"
+            "(trainer.export_weights=true); or export a checkpoint with runtime.checkpoint.export_weights"
         )
     raise FileNotFoundError(
         f"no tokenizer at {str(path)!r}: expected {WEIGHTS} and {CONFIG} there (an export from "

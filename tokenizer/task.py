@@ -1,4 +1,4 @@
-"""``TokenizerTask``: the tokenizer as seen by the shared training runtime (``vidworld.train``).
+"""``TokenizerTask``: the tokenizer as seen by the shared training runtime (``runtime.train``).
 
 ``vidworld train jobs/tokenizer.yaml run_dir=runs/tok data.shards=CURATED`` trains it. The model
 the runtime wraps is ``TokenizerObjective`` (tokenizer + optional discriminator, returning the
@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pipeline.loader import ClipLoader, make_loader
+from pipeline.loader import ClipLoader, LoaderConfig, make_loader
 from tokenizer.config import TokenizerConfig
 from tokenizer.losses import TokenizerObjective
 from tokenizer.metrics import codebook_usage, from_uint8, psnr, ssim, to_uint8
@@ -59,9 +59,10 @@ class TokenizerTaskConfig(TokenizerConfig):
 
 
 class TokenizerTask:
-    """The ``Task`` of the causal video tokenizer (see ``vidworld.task.Task``)."""
+    """The ``Task`` of the causal video tokenizer (see ``runtime.task.Task``)."""
 
     config_class: ClassVar[type] = TokenizerTaskConfig
+    data_class: ClassVar[type] = LoaderConfig
 
     def __init__(self, model_cfg: TokenizerTaskConfig, train_cfg: Any) -> None:
         model_cfg.validate()

@@ -34,10 +34,10 @@ from pipeline.curate import iter_shard
 from pipeline.loader import resolve_shards
 from pipeline.manifest import write_manifest
 from pipeline.shards import SHARD_PATTERN, add_sample
-from pipeline.video import decode_mp4
-from vidworld.config import load_config
-from vidworld.files import atomic_open, atomic_write_text
-from vidworld.progress import Progress
+from runtime.files import atomic_open, atomic_write_text
+from runtime.progress import Progress
+from runtime.stage import stage_cli
+from runtime.video import decode_mp4
 
 
 @dataclasses.dataclass
@@ -177,7 +177,7 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
     """Tokenize every input shard not yet done; returns the stats (also in ``output/stats.json``)."""
     import ray
 
-    from vidworld.cluster import init_ray
+    from runtime.cluster import init_ray
 
     t0 = time.monotonic()
     sources = resolve_shards(cfg.input)
@@ -253,10 +253,7 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
 
 def cli(config_path: str, overrides: list[str]) -> int:
     """``vidworld tokenize jobs/tokenize.yaml input=CURATED output=DIR tokenizer=RUN_OR_EXPORT``."""
-    cfg = load_config(TokenizeConfig, config_path, overrides)
-    try:
-        stats = run(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"vidworld tokenize: {e}", file=sys.stderr)
-        return 1
-    return 0 if stats["shards_by_status"]["failed"] == 0 else 1
+    return stage_cli(
+        "tokenize", TokenizeConfig, run, config_path, overrides,
+        lambda _, stats: 0 if stats["shards_by_status"]["failed"] == 0 else 1,
+    )  # fmt: skip

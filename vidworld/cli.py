@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from vidworld.config import ConfigError
+from runtime.config import ConfigError
 
 # name -> ("module:function", help). Each function takes (config_path_or_arg, overrides) and
 # returns an exit code.
@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write built-in sample videos (synthetic scenes and Atari play) to a folder",
     ),
     "curate": ("pipeline.curate:cli", "raw video -> WebDataset clip shards + manifest (Ray Data)"),
-    "train": ("vidworld.train:cli", "train a model (tokenizer or dynamics) with the shared runtime"),
+    "train": ("runtime.launch:cli", "train a model (tokenizer or dynamics) with the shared runtime"),
     "tokenize": ("tokenizer.tokenize:cli", "encode clip shards into latent shards (Ray Data)"),
     "rollout": ("dynamics.rollout:cli", "imagine future frames from real context and write a video"),
     "evaluate": ("dynamics.evaluate:cli", "compounding-error curve of a dynamics model on held-out clips"),

@@ -9,8 +9,8 @@ The panels are data (``dashboard_spec``), so a test checks the metric keys they 
 network; ``build_workspace`` turns them into ``wandb_workspaces`` objects (the optional extra
 ``pip install vidworld[dashboard]``). Every key the dashboard reads is listed below, in one place:
 
-- ``RUNTIME_TRAIN_KEYS``: what the shared runtime (vidworld/train.py) logs for every model, against
-  ``train/step`` (vidworld/tracking.py). A task's own loss terms (``train/rec``, ``train/kl``...)
+- ``RUNTIME_TRAIN_KEYS``: what the shared runtime (runtime/train.py) logs for every model, against
+  ``train/step`` (runtime/tracking.py). A task's own loss terms (``train/rec``, ``train/kl``...)
   are logged too and drawn by one regex panel (``TASK_TERMS_REGEX``), so a new term needs no edit.
 - ``PUBLISHED_KEYS``: what ``publish`` logs from the output folder (layout in vidworld/report.py),
   the report's headline figures (``headline/*``, ``vidworld.report.HEADLINE_SCALARS``) included.
@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vidworld.config import ConfigError, load_config, load_yaml
+from runtime.config import ConfigError, load_config, load_yaml
+from runtime.tracking import WandbConfig
 from vidworld.report import (
     COMPOUNDING_COLUMNS,
     HEADLINE_SCALARS,
@@ -39,7 +40,6 @@ from vidworld.report import (
     read_headline,
     read_jsonl,
 )
-from vidworld.tracking import WandbConfig
 
 STEP_KEY = "train/step"
 RUNTIME_TRAIN_KEYS = (

@@ -36,9 +36,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vidworld.config import ConfigError, load_config, merge_into, save_config
-from vidworld.files import atomic_write_text
-from vidworld.tracking import WandbConfig
+from runtime.config import ConfigError, load_config, merge_into, save_config
+from runtime.files import atomic_write_text
+from runtime.tracking import WandbConfig
 
 STAGES = ("curate", "tokenizer", "tokenize", "dynamics", "evaluate", "report")
 TRAINING_STAGES = ("tokenizer", "dynamics")
@@ -185,7 +185,7 @@ def write_stage_config(cfg: PipelineConfig, stage: str) -> Path:
     composed = compose(cfg, stage)
     source = f"pipeline section '{stage}'"
     if stage in TRAINING_STAGES:
-        from vidworld.train import load_train_config
+        from runtime.train import load_train_config
 
         # load_train_config reads a file; validate from a draft, then keep the resolved one.
         draft = path.with_suffix(".draft.yaml")
@@ -252,8 +252,8 @@ def curate_complete(stage_cfg: Path) -> bool:
 
 def training_complete(stage_cfg: Path) -> bool:
     """The run exported weights at ``trainer.max_steps``."""
-    from vidworld.train import load_train_config
-    from vidworld.trained import trained_step
+    from runtime.train import load_train_config
+    from runtime.trained import trained_step
 
     t = load_train_config(stage_cfg)
     return trained_step(t.run_dir) == t.trainer.max_steps
@@ -289,7 +289,7 @@ def tokenize_complete(stage_cfg: Path) -> bool:
 
 
 def evaluate_complete(p: dict[str, Path]) -> bool:
-    from vidworld.trained import trained_step
+    from runtime.trained import trained_step
 
     try:
         meta = json.loads((p["eval"] / "eval.json").read_text())
@@ -368,8 +368,8 @@ def run_stage(cfg: PipelineConfig, stage: str) -> str:
 
 def _tokenizer_eval(p: dict[str, Path]) -> str:
     """Held-out reconstruction metrics and the side-by-side video of the trained tokenizer."""
+    from runtime.trained import trained_step
     from tokenizer.evaluate import evaluate_tokenizer
-    from vidworld.trained import trained_step
 
     step = trained_step(p["tokenizer"])
     if tokenizer_eval_complete(p, step):

@@ -31,8 +31,8 @@ The output folder of ``vidworld run`` (this docstring is the one place it is wri
     DIR/curated/stats.json          totals: inputs by status, clips, clips per filter reason,
                                     durations, resolutions, clips per split (pipeline/manifest.py)
     DIR/curated/shards/*.tar        WebDataset clip shards (pipeline/shards.py)
-    DIR/tokenizer/                  training run folder of the tokenizer (vidworld/train.py):
-                                    config.yaml, metrics.jsonl (vidworld/tracking.py), checkpoints/
+    DIR/tokenizer/                  training run folder of the tokenizer (runtime/train.py):
+                                    config.yaml, metrics.jsonl (runtime/tracking.py), checkpoints/
     DIR/tokenizer/eval/recon.mp4    side by side: original | reconstruction (held-out clips)
     DIR/tokenizer/eval/metrics.json {"recon_psnr": dB, "recon_ssim": 0..1, "resolution": "64x64",
                                      "clips": int, ...} (tokenizer/evaluate.py)
@@ -74,9 +74,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.probe import BadInput, probe
-from vidworld.files import atomic_write_text
-from vidworld.progress import format_duration
-from vidworld.tracking import read_metrics
+from runtime.files import atomic_write_text
+from runtime.progress import format_duration
+from runtime.tracking import read_metrics
 
 # Media above this size is linked (relative to DIR) instead of embedded, so a long rollout does
 # not make a report that a browser struggles to open. Eval media are a few hundred kB.
@@ -581,7 +581,7 @@ def counterfactual_verdict(rows: list[dict[str, float]]) -> str:
 
 @dataclass
 class TrainingRun:
-    """How long a training run folder trained, from its ``metrics.jsonl`` (vidworld/tracking.py).
+    """How long a training run folder trained, from its ``metrics.jsonl`` (runtime/tracking.py).
 
     ``seconds`` is wall time inside training steps: the sum over logged rows of ``train/step_time_s``
     (the mean since the previous logged row) times the steps since that row. Start-up, checkpoints

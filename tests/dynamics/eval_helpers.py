@@ -18,13 +18,13 @@ from dynamics.evaluate import EvaluateConfig, resize_frames
 from dynamics.rollout import WorldModel
 from dynamics.task import group_actions
 from pipeline.branches import Branch, read_branch, write_branch
+from runtime.config import to_yaml
+from runtime.tracking import WandbConfig
 from tests.tokenizer.eval_fixtures import write_decoded_shards
 from tests.tokenizer.helpers import randomized, tiny_config
 from tokenizer import save_tokenizer
 from tokenizer.evaluate import iter_split
 from tokenizer.metrics import from_uint8
-from vidworld.config import to_yaml
-from vidworld.tracking import WandbConfig
 
 LATENT_FRAMES = 4  # 13 source frames at tau=4; 16x16 clips, 2x2 latents at spatial compression 8
 SPLITS = ["train", "heldout", "heldout", "train", "heldout"]

@@ -17,7 +17,8 @@ import torch
 
 from dynamics.evaluate import EvaluateConfig, evaluate, resize_frames, take_in_turn
 from pipeline.branches import read_branch, write_branch
-from pipeline.video import decode_mp4
+from runtime.config import load_config
+from runtime.video import decode_mp4
 from tests.dynamics.eval_helpers import (
     CopyLastDynamics,
     dyn_config,
@@ -31,7 +32,6 @@ from tests.dynamics.eval_helpers import (
     write_run,
 )
 from vidworld.cli import main
-from vidworld.config import load_config
 from vidworld.pipeline_run import PipelineConfig, compose
 from vidworld.report import COUNTERFACTUAL_COLUMNS
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dynamics.rollout import RolloutConfig, WorldModel, rollout_video, source_frames, source_slice
-from pipeline.video import decode_mp4
+from runtime.video import decode_mp4
 from tests.dynamics.eval_helpers import CopyLastDynamics, dyn_config, make_data, world, write_run
 from tokenizer.evaluate import iter_split
 from vidworld.cli import main

@@ -18,9 +18,9 @@ from dynamics import DynamicsConfig, build_dynamics
 from dynamics.task import DynamicsTask, group_actions
 from pipeline.loader import LoaderConfig
 from pipeline.shards import ShardWriter
+from runtime.tracking import read_metrics
+from runtime.train import load_train_config
 from tests.dynamics.dotworld import as_latents, dot_world
-from vidworld.tracking import read_metrics
-from vidworld.train import load_train_config
 
 REPO = Path(__file__).resolve().parents[2]
 VIDWORLD = str(Path(sys.executable).parent / "vidworld")
@@ -118,7 +118,6 @@ def test_vidworld_train_runs_the_dynamics_yaml_on_latent_shards(tmp_path, head):
         "model.temporal_compression=2",
         "model.num_actions=4",
         "data.split=null",  # the test shards carry no train/heldout split
-        "data.batch_size=2",
         "trainer.micro_batch_size=2",
         "trainer.max_steps=6",
         "trainer.save_every=6",

@@ -16,8 +16,8 @@ import pytest
 from pipeline.curate import CurateConfig, assign_splits, cli, iter_shard
 from pipeline.manifest import read_manifest
 from pipeline.samples import SamplesConfig, write_samples, write_video
-from pipeline.video import decode_mp4
-from vidworld.config import ConfigError
+from runtime.config import ConfigError
+from runtime.video import decode_mp4
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ import numpy as np
 from pipeline.curate import CurateConfig, curate_input
 from pipeline.inputs import list_inputs
 from pipeline.samples import write_video
-from pipeline.video import decode_mp4
+from runtime.video import decode_mp4
 
 
 def _moving(n: int, height: int = 96, width: int = 128) -> np.ndarray:

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 
 from pipeline.loader import LoaderConfig, collate, decode_member, make_loader, resolve_shards
 from pipeline.shards import ShardWriter, npy_bytes
-from pipeline.video import encode_mp4
-from vidworld.config import ConfigError, merge_into
+from runtime.config import ConfigError, merge_into
+from runtime.video import encode_mp4
 
 NUM_CLIPS = 24
 CLIPS_PER_SHARD = 4  # 6 shards

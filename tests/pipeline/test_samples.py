@@ -12,8 +12,8 @@ from pipeline.samples import (
     photo_folder,
     write_samples,
 )
-from pipeline.video import decode_mp4
-from vidworld.config import ConfigError
+from runtime.config import ConfigError
+from runtime.video import decode_mp4
 
 # Small: one episode per game, short clips, one branch per game.
 SMALL = dict(synthetic=1, natural=1, natural_seconds=1.0, atari=1, atari_max_frames=30, branches=1)

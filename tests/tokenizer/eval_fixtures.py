@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pipeline.shards import ShardWriter
-from pipeline.video import decode_mp4, encode_mp4
+from runtime.video import decode_mp4, encode_mp4
 from tokenizer.tokenize import frames_to_video
 
 

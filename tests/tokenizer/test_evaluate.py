@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.video import decode_mp4
+from runtime.video import decode_mp4
 from tests.tokenizer.eval_fixtures import write_clip_shards
 from tests.tokenizer.helpers import randomized, tiny_config
 from tokenizer import save_tokenizer

@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.shards import ShardWriter
-from pipeline.video import encode_mp4
+from runtime.config import ConfigError
+from runtime.train import load_train_config
+from runtime.video import encode_mp4
 from tokenizer import load_tokenizer
 from tokenizer.metrics import to_uint8
 from tokenizer.synthetic import moving_shapes
 from tokenizer.task import TokenizerTask, TokenizerTaskConfig
-from vidworld.config import ConfigError
-from vidworld.train import load_train_config
 
 REPO = Path(__file__).resolve().parents[2]
 YAML = REPO / "jobs" / "tokenizer.yaml"

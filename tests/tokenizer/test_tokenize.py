@@ -8,7 +8,7 @@ import torch
 
 from pipeline.loader import LoaderConfig, make_loader
 from pipeline.shards import ShardWriter
-from pipeline.video import decode_mp4, encode_mp4
+from runtime.video import decode_mp4, encode_mp4
 from tokenizer import TokenizerConfig, build_tokenizer, load_tokenizer, save_tokenizer
 from tokenizer.tokenize import TokenizeConfig, frames_to_video, run
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.video import encode_mp4
+from runtime.video import encode_mp4
 
 COMPOUNDING_HEADER = (
     "horizon,model_psnr,copy_last_psnr,copy_last_recon_psnr,recon_psnr,model_latent_mse,copy_last_latent_mse"

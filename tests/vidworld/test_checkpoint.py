@@ -12,9 +12,9 @@ import pytest
 import torch
 from train_helpers import REPO, read_wandb_history, run_train, train_cmd, train_env
 
-from vidworld import checkpoint as ckpt
-from vidworld.tracking import read_metrics
-from vidworld.train import PREEMPTED_EXIT_CODE, load_trained
+from runtime import checkpoint as ckpt
+from runtime.tracking import read_metrics
+from runtime.train import PREEMPTED_EXIT_CODE, load_trained
 
 
 def _fake_checkpoint(run_dir, step: int, complete: bool, world_size: int = 1):

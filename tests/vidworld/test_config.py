@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from vidworld.config import ConfigError, load_config, save_config
+from runtime.config import ConfigError, load_config, save_config
 
 
 @dataclass

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from runtime.config import ConfigError
+from runtime.tracking import read_metrics
 from tests.vidworld.report_fixtures import make_output
 from tests.vidworld.train_helpers import read_wandb_history, run_train
-from vidworld.config import ConfigError
 from vidworld.dashboard import (
     PUBLISHED_KEYS,
     RUNTIME_TRAIN_KEYS,
@@ -24,7 +25,6 @@ from vidworld.dashboard import (
     published_metrics,
     referenced_keys,
 )
-from vidworld.tracking import read_metrics
 
 
 def test_spec_references_exactly_the_runtime_and_published_keys():
@@ -113,7 +113,7 @@ def test_publish_offline_logs_exactly_the_published_keys(tmp_path, monkeypatch):
     # In a process of its own, as the chain's report stage runs it: W&B keeps per-process state
     # (its service, the active run) that other in-process tests of the suite leave behind.
     code = (
-        "import sys; from vidworld.dashboard import publish; from vidworld.tracking import WandbConfig; "
+        "import sys; from vidworld.dashboard import publish; from runtime.tracking import WandbConfig; "
         "publish(sys.argv[1], WandbConfig(mode='offline', group='pipe-1'))"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=300)

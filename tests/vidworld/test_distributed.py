@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import REPO, run_train, train_cmd, train_env
 
-from vidworld import checkpoint as ckpt
-from vidworld.distributed import expand_hostlist, launcher_env
-from vidworld.tracking import read_metrics
+from runtime import checkpoint as ckpt
+from runtime.distributed import expand_hostlist, launcher_env
+from runtime.tracking import read_metrics
 
 
 def test_expand_hostlist_handles_ranges_padding_and_lists():

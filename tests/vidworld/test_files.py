@@ -1,6 +1,6 @@
 import pytest
 
-from vidworld.files import atomic_open, atomic_write_text
+from runtime.files import atomic_open, atomic_write_text
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):

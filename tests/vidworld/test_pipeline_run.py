@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vidworld.config import ConfigError, load_config
+from runtime.config import ConfigError, load_config
 from vidworld.pipeline_run import PipelineConfig, StageFailed, compose, run, write_stage_config
 
 

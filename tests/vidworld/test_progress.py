@@ -1,6 +1,6 @@
 import io
 
-from vidworld.progress import Progress, format_duration
+from runtime.progress import Progress, format_duration
 
 
 def test_line_has_count_percent_rate_and_eta():

@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from runtime import checkpoint as ckpt
 from tests.cluster_services import LAUNCHER_VARIABLES, REPO, RayCluster
-from vidworld import checkpoint as ckpt
 
 pytestmark = pytest.mark.integration
 

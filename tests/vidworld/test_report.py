@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.video import decode_mp4
+from runtime.video import decode_mp4
 from tests.vidworld.report_fixtures import COMPOUNDING_HEADER, SCRIPT_REASON, make_output, tiny_png
 from vidworld.report import (
     HEADLINE_SCALARS,

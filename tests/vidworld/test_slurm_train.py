@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime import checkpoint as ckpt
 from tests.cluster_services import REPO, SlurmCluster
-from vidworld import checkpoint as ckpt
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 

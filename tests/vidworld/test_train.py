@@ -10,13 +10,11 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import REFERENCE_YAML, read_wandb_history, run_train
 
-from pipeline.video import decode_mp4
-from vidworld.checkpoint import consolidated_state_dict
-from vidworld.cli import main
-from vidworld.config import ConfigError
-from vidworld.reference_task import ReferenceModelConfig, ReferenceTask, TinyTransformer
-from vidworld.tracking import read_metrics
-from vidworld.train import (
+from runtime.checkpoint import consolidated_state_dict
+from runtime.config import ConfigError
+from runtime.reference_task import ReferenceModelConfig, ReferenceTask, TinyTransformer
+from runtime.tracking import read_metrics
+from runtime.train import (
     TrainConfig,
     apply_activation_checkpointing,
     deepspeed_config,
@@ -24,6 +22,10 @@ from vidworld.train import (
     load_trained,
     lr_lambda,
 )
+from runtime.video import decode_mp4
+from vidworld.cli import main
+
+JOBS = REFERENCE_YAML.parent
 
 
 def test_reference_yaml_loads_with_the_task_model_section():
@@ -41,7 +43,7 @@ def test_reference_yaml_loads_with_the_task_model_section():
         "seed",
     ):
         assert hasattr(cfg.trainer, key)
-    assert cfg.data.shards and cfg.wandb.mode in ("online", "offline", "disabled")
+    assert cfg.data == {} and cfg.wandb.mode in ("online", "offline", "disabled")
 
 
 @pytest.mark.parametrize(
@@ -70,9 +72,18 @@ def test_vidworld_train_exits_2_on_an_unknown_key(capsys):
     assert "trainer.max_stepz" in capsys.readouterr().err
 
 
-def test_micro_batch_and_loader_batch_must_agree():
-    with pytest.raises(ConfigError, match="data.batch_size"):
-        load_train_config(REFERENCE_YAML, ["trainer.micro_batch_size=3"])
+def test_the_micro_batch_is_one_key_and_fills_the_loader_batch():
+    assert load_train_config(REFERENCE_YAML, ["trainer.micro_batch_size=3"]).trainer.micro_batch_size == 3
+    dyn = load_train_config(JOBS / "dynamics.yaml", ["trainer.micro_batch_size=3"])
+    assert dyn.data.batch_size == 3 and type(dyn.data).__name__ == "LoaderConfig"
+    with pytest.raises(ConfigError, match="data.batch_size is not a training key.*trainer.micro_batch_size"):
+        load_train_config(JOBS / "dynamics.yaml", ["data.batch_size=3"])
+
+
+def test_a_task_without_data_class_takes_no_data_section():
+    assert load_train_config(REFERENCE_YAML).data == {}
+    with pytest.raises(ConfigError, match="data.shards"):
+        load_train_config(REFERENCE_YAML, ["data.shards=x"])
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
@@ -254,4 +265,4 @@ def test_missing_or_unknown_task_fails_naming_it(tmp_path):
     with pytest.raises(ConfigError, match="task 'nosuch'"):
         load_train_config(cfg, ["task=nosuch"])
     with pytest.raises(ConfigError, match="lacks .*'loss'"):
-        load_train_config(cfg, ["task=vidworld.progress:Progress"])
+        load_train_config(cfg, ["task=runtime.progress:Progress"])

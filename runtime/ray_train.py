@@ -1,10 +1,10 @@
 """Run the shared training runtime on a Ray cluster with Ray Train (``launcher.kind: ray``).
 
 ``vidworld train CONFIG launcher.kind=ray launcher.num_workers=N`` lands in ``launch``: it joins
-the cluster at ``RAY_ADDRESS`` (or starts a local one, ``vidworld.cluster.init_ray``) and starts a
+the cluster at ``RAY_ADDRESS`` (or starts a local one, ``runtime.cluster.init_ray``) and starts a
 ``TorchTrainer`` with N workers. Ray Train creates the workers' ``torch.distributed`` group
 (gloo on CPU, NCCL on GPU) and sets ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``; each worker then runs
-the very loop a ``torchrun`` or ``srun`` process runs (``vidworld.train.train``), whose
+the very loop a ``torchrun`` or ``srun`` process runs (``runtime.train.train``), whose
 ``init_distributed()`` adopts that group. Rank 0's exit code is the command's exit code; a
 worker that raises fails the whole run at once (no retries), and its error is printed.
 
@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vidworld.cluster import init_ray
-from vidworld.config import ConfigError
+from runtime.cluster import init_ray
+from runtime.config import ConfigError
 
 RAY_STORAGE_SUBDIR = "ray"  # Ray Train's run records, inside run_dir
 
@@ -33,7 +33,7 @@ def _worker_loop(config: dict[str, Any]) -> int:
     It is ``run_training`` minus the loading: the driver already resolved the file and overrides,
     and the config file need not exist on the worker's node.
     """
-    from vidworld.train import train
+    from runtime.train import train
 
     return train(config["cfg"])
 

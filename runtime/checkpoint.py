@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidworld.files import atomic_open, atomic_write_text
+from runtime.files import atomic_open, atomic_write_text
 
 FORMAT_VERSION = 1
 _TAG = re.compile(r"step_(\d{8})")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vidworld.files import atomic_write_text
+from runtime.files import atomic_write_text
 
 # Dense peak FLOP/s per GPU (vendor datasheets, SXM parts; bf16 tensor core and fp32 TF32-off).
 GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {

@@ -1,6 +1,6 @@
 """The shared training runtime: ``vidworld train CONFIG key=value ...``.
 
-One loop for every model. The task (``vidworld.task.Task``) builds the model, gives batches and
+One loop for every model. The task (``runtime.task.Task``) builds the model, gives batches and
 computes the loss; this module owns the rest: distributed init, the DeepSpeed engine (ZeRO 0-3,
 bf16/fp32, accumulation, clipping, AdamW, warmup + cosine), activation checkpointing of the
 task's blocks, checkpoint and resume, preemption, non-finite steps, metrics and logging.
@@ -12,8 +12,8 @@ vidworld) train CONFIG``, ``srun``, a Ray Train worker). Rerunning the same comm
 Run folder (``run_dir``)::
 
     config.yaml          the resolved config (also inside every checkpoint)
-    checkpoints/         see vidworld.checkpoint (latest, step_NNNNNNNN/, COMPLETE markers)
-    metrics.jsonl        one JSON row per logged step (names in vidworld.tracking)
+    checkpoints/         see runtime.checkpoint (latest, step_NNNNNNNN/, COMPLETE markers)
+    metrics.jsonl        one JSON row per logged step (names in runtime.tracking)
     media/               the task's eval videos (mp4)
     peak_flops.json      the measured CPU peak behind MFU
     wandb/, wandb_run_id.txt
@@ -42,14 +42,13 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pipeline.loader import LoaderConfig
-from vidworld import checkpoint as ckpt
-from vidworld.config import ConfigError, load_yaml, merge_into, parse_overrides, save_config
-from vidworld.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
-from vidworld.metrics import Throughput, peak_flops, peak_memory_bytes
-from vidworld.progress import Progress
-from vidworld.task import TASKS, Task
-from vidworld.tracking import Tracker, WandbConfig
+from runtime import checkpoint as ckpt
+from runtime.config import ConfigError, load_yaml, merge_into, parse_overrides, save_config
+from runtime.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
+from runtime.metrics import Throughput, peak_flops, peak_memory_bytes
+from runtime.progress import Progress
+from runtime.task import TASKS, Task
+from runtime.tracking import Tracker, WandbConfig
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; slurm/ requeues the job on it
 DIVERGED_EXIT_CODE = 1
@@ -60,7 +59,7 @@ class TrainerConfig:
     """The ``trainer:`` section. Defaults are the small single-process CPU case."""
 
     max_steps: int = 100
-    micro_batch_size: int = 4  # per rank; must equal data.batch_size
+    micro_batch_size: int = 4  # per rank; the one micro-batch key (fills the data section's batch_size)
     grad_accum: int = 1
     zero_stage: int = 0  # 0..3
     offload_optimizer: bool = False  # ZeRO 1-3: optimizer state in CPU memory (DeepSpeedCPUAdam)
@@ -87,7 +86,7 @@ class TrainerConfig:
 @dataclasses.dataclass
 class LauncherConfig:
     """The ``launcher:`` section: ``local`` trains in this process (or under torchrun/srun),
-    ``ray`` hands the same config to Ray Train (``vidworld.ray_train.launch``)."""
+    ``ray`` hands the same config to Ray Train (``runtime.ray_train.launch``)."""
 
     kind: str = "local"  # local | ray
     num_workers: int = 2
@@ -96,12 +95,13 @@ class LauncherConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    """A whole training config. ``model`` is the task's ``config_class`` (checked once the task is known)."""
+    """A whole training config. ``model`` is the task's ``config_class`` and ``data`` its
+    ``data_class`` (checked once the task is known; a task without ``data_class`` takes no data section)."""
 
     run_dir: str = "???"
-    task: str = "???"  # a key of vidworld.task.TASKS or "module:Class"
+    task: str = "???"  # a key of runtime.task.TASKS or "module:Class"
     model: Any = dataclasses.field(default_factory=dict)
-    data: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
+    data: Any = dataclasses.field(default_factory=dict)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     launcher: LauncherConfig = dataclasses.field(default_factory=LauncherConfig)
@@ -116,7 +116,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def resolve_task_class(name: str) -> type:
-    """``"reference"`` (a key of ``vidworld.task.TASKS``) or ``"module:Class"`` -> the class."""
+    """``"reference"`` (a key of ``runtime.task.TASKS``) or ``"module:Class"`` -> the class."""
     target = TASKS.get(name, name)
     if ":" not in target:
         raise ConfigError(f"task '{name}' is not one of {sorted(TASKS)} and not of the form module:Class")
@@ -130,7 +130,7 @@ def resolve_task_class(name: str) -> type:
     if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
         missing.insert(0, "config_class (a dataclass)")
     if missing:
-        raise ConfigError(f"task '{name}' ({target}) lacks {missing} of vidworld.task.Task; add them")
+        raise ConfigError(f"task '{name}' ({target}) lacks {missing} of runtime.task.Task; add them")
     return cls
 
 
@@ -155,8 +155,19 @@ def load_train_config(
             f"{sorted(TASKS)} or module:Class"
         )
     task_cls = resolve_task_class(str(first.task))
+    for source, layer in layers:
+        if OmegaConf.select(OmegaConf.create(layer), "data.batch_size") is not None:
+            raise ConfigError(
+                f"{source}: data.batch_size is not a training key; the micro-batch each rank loads is "
+                "trainer.micro_batch_size (the data section's batch_size is filled from it): set that instead"
+            )
     base = OmegaConf.structured(TrainConfig)
     base.model = OmegaConf.structured(task_cls.config_class)
+    data_class = getattr(task_cls, "data_class", None)
+    no_data = OmegaConf.create({}, flags={"struct": True})  # a task without data_class takes no data keys
+    base.data = OmegaConf.structured(data_class) if data_class is not None else no_data
+    if data_class is not None and "batch_size" in base.data:
+        base.data.batch_size = OmegaConf.select(first, "trainer.micro_batch_size")
     cfg = merge_into(base, *layers)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -180,12 +191,6 @@ def _check(cfg: TrainConfig) -> None:
     for key in ("max_steps", "micro_batch_size", "grad_accum", "save_every", "keep_last", "log_every"):
         if getattr(t, key) < 1:
             raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(t, key)}")
-    if cfg.data.batch_size != t.micro_batch_size:
-        raise ConfigError(
-            f"data.batch_size={cfg.data.batch_size} differs from "
-            f"trainer.micro_batch_size={t.micro_batch_size}; "
-            "set them equal (the micro-batch is what each rank loads per forward pass)"
-        )
     if cfg.launcher.kind not in ("local", "ray"):
         raise ConfigError(f"launcher.kind must be local or ray, got {cfg.launcher.kind!r}")
     if len(t.betas) != 2:
@@ -633,18 +638,8 @@ def load_trained(
 
 
 def run_training(config_path: str, overrides: list[str]) -> int:
-    """Load the config and train in this process; the entry a Ray Train worker (or srun task) calls."""
+    """Load the config and train in this process; the entry an srun task or torchrun rank calls."""
     return train(load_train_config(config_path, overrides))
-
-
-def cli(config_path: str, overrides: list[str]) -> int:
-    """``vidworld train CONFIG key=value ...``: train here, or via Ray Train when ``launcher.kind=ray``."""
-    cfg = load_train_config(config_path, overrides)
-    if cfg.launcher.kind == "ray":
-        from vidworld import ray_train  # written beside this runtime; imported only when asked for
-
-        return int(ray_train.launch(config_path, overrides, cfg) or 0)
-    return train(cfg)
 
 
 __all__ = [
@@ -653,7 +648,6 @@ __all__ = [
     "TrainConfig",
     "TrainerConfig",
     "TrainingDiverged",
-    "cli",
     "load_train_config",
     "load_trained",
     "run_training",

@@ -1,6 +1,6 @@
 """What a training run has produced, for the stages after it: the step of its exported weights.
 
-Loading a run's model is ``vidworld.train.load_trained``.
+Loading a run's model is ``runtime.train.load_trained``.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class TinyTransformer(nn.Module):
 
 
 class ReferenceTask:
-    """The ``Task`` of the tiny transformer (see ``vidworld.task.Task``)."""
+    """The ``Task`` of the tiny transformer (see ``runtime.task.Task``)."""
 
     config_class: ClassVar[type] = ReferenceModelConfig
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from vidworld.files import atomic_write_text
+from runtime.files import atomic_write_text
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """The seam between a model and the shared training runtime.
 
 A model package (``tokenizer``, ``dynamics``) provides a ``Task``; the runtime
-(``vidworld.train``) owns everything else: processes, DeepSpeed, precision, LR schedule,
+(``runtime.train``) owns everything else: processes, DeepSpeed, precision, LR schedule,
 checkpoints, preemption, metrics and logging. A task never touches ``torch.distributed``,
 DeepSpeed, files of the run folder or W&B.
 
@@ -22,7 +22,7 @@ from torch import nn
 TASKS: dict[str, str] = {
     "tokenizer": "tokenizer.task:TokenizerTask",
     "dynamics": "dynamics.task:DynamicsTask",
-    "reference": "vidworld.reference_task:ReferenceTask",
+    "reference": "runtime.reference_task:ReferenceTask",
 }
 
 

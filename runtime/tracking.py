@@ -19,7 +19,7 @@ Metric names (``metrics.jsonl`` rows and W&B keys; the place they are defined):
 ``train/step_time_s``       seconds per step, mean since the last logged row
 ``train/samples_per_s``     global samples per second (all ranks)
 ``train/tokens_per_s``      ``samples_per_s`` x the task's tokens per sample
-``train/mfu``               model FLOPs utilisation, 0..1 (see ``vidworld.metrics``)
+``train/mfu``               model FLOPs utilisation, 0..1 (see ``runtime.metrics``)
 ``train/peak_mem_gib``      rank 0's peak memory, GiB (CUDA allocator, or CPU RSS)
 ``eval/<name>``             the task's ``eval_media`` numbers; videos in ``run_dir/media``
 ==========================  ==========================================================
@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.video import encode_mp4
-from vidworld.files import atomic_write_bytes, atomic_write_text
+from runtime.files import atomic_write_bytes, atomic_write_text
+from runtime.video import encode_mp4
 
 
 @dataclasses.dataclass
