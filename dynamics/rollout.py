@@ -121,8 +121,7 @@ class WorldModel:
         cls, checkpoint: str | os.PathLike, tokenizer: str | os.PathLike, device: str = "auto"
     ) -> WorldModel:
         """Load a finished dynamics run folder and a tokenizer onto ``device`` (auto: cuda if any)."""
-        from runtime.train import load_trained
-        from runtime.trained import trained_step
+        from runtime.trained import load_trained, trained_step
 
         dev = resolve_device(device)
         train_cfg, _, model = load_trained(checkpoint, dev)

@@ -32,6 +32,8 @@ from runtime.files import atomic_open, atomic_write_text
 FORMAT_VERSION = 1
 _TAG = re.compile(r"step_(\d{8})")
 
+WEIGHTS = "model.safetensors"  # a run's consolidated weights, at run_dir/WEIGHTS (the one spelling)
+
 
 def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"

@@ -17,7 +17,7 @@ Run folder (``run_dir``)::
     media/               the task's eval videos (mp4)
     peak_flops.json      the measured CPU peak behind MFU
     wandb/, wandb_run_id.txt
-    model.safetensors    consolidated weights at the end (``load_trained(run_dir)``)
+    model.safetensors    consolidated weights at the end (``runtime.trained.load_trained(run_dir)``)
 
 Exit codes: 0 done; 75 (``PREEMPTED_EXIT_CODE``) saved after SIGTERM/SIGUSR1, rerun to resume
 (the SLURM script requeues on it); 1 stopped after ``trainer.max_bad_steps`` non-finite steps
@@ -588,7 +588,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> int:
                 break
         else:
             if t.export_weights and info.is_main:
-                out = ckpt.export_weights(ckpt.find_latest(run_dir), run_dir / "model.safetensors")
+                out = ckpt.export_weights(ckpt.find_latest(run_dir), run_dir / ckpt.WEIGHTS)
                 print(f"train: exported weights to {out}", flush=True)
             barrier()
             exit_code = 0
@@ -602,35 +602,6 @@ def _train(cfg: TrainConfig, info: DistInfo) -> int:
             progress.close()
             tracker.close(exit_code)
     return exit_code
-
-
-def load_trained(
-    run_dir: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[TrainConfig, Any, nn.Module]:
-    """A finished (or stopped) run as ``(config, task, model)``, the model in eval mode on ``device``.
-
-    Weights come from ``run_dir/model.safetensors``, or, when the run has none yet (preempted,
-    still training), are consolidated from its newest complete checkpoint. For inference and
-    evaluation code (rollouts, the tokenizer in the dynamics stage); no DeepSpeed needed.
-    """
-    from safetensors.torch import load_file
-
-    run_dir = Path(run_dir)
-    cfg = load_train_config(run_dir / "config.yaml")
-    task = resolve_task_class(cfg.task)(cfg.model, cfg)
-    model = task.build_model()
-    exported = run_dir / "model.safetensors"
-    if exported.is_file():
-        weights = load_file(exported)
-    else:
-        latest = ckpt.find_latest(run_dir)
-        if latest is None:
-            raise FileNotFoundError(
-                f"{run_dir} has neither model.safetensors nor a complete checkpoint; train it first"
-            )
-        weights = ckpt.consolidated_state_dict(latest)
-    model.load_state_dict(weights, strict=True)
-    return cfg, task, model.to(device).eval()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -649,7 +620,6 @@ __all__ = [
     "TrainerConfig",
     "TrainingDiverged",
     "load_train_config",
-    "load_trained",
     "run_training",
     "train",
 ]

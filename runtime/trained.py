@@ -1,14 +1,18 @@
-"""What a training run has produced, for the stages after it: the step of its exported weights.
-
-Loading a run's model is ``runtime.train.load_trained``.
-"""
+"""What a training run has produced, for the stages after it: the step of its exported weights,
+and the one way to load its model (``load_trained``)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-WEIGHTS = "model.safetensors"
+import torch
+from torch import nn
+
+from runtime import checkpoint as ckpt
+from runtime.checkpoint import WEIGHTS
+from runtime.train import load_train_config, resolve_task_class
 
 
 def trained_step(run_dir: str | os.PathLike) -> int | None:
@@ -21,3 +25,32 @@ def trained_step(run_dir: str | os.PathLike) -> int | None:
     with safe_open(str(path), framework="pt") as f:
         step = (f.metadata() or {}).get("step")
     return int(step) if step is not None else None
+
+
+def load_trained(
+    run_dir: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[Any, Any, nn.Module]:
+    """A finished (or stopped) run as ``(config, task, model)``, the model in eval mode on ``device``.
+
+    Weights come from ``run_dir/model.safetensors``, or, when the run has none yet (preempted,
+    still training), are consolidated from its newest complete checkpoint. For inference and
+    evaluation code (rollouts, the tokenizer in the dynamics stage); no DeepSpeed needed.
+    """
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    cfg = load_train_config(run_dir / "config.yaml")
+    task = resolve_task_class(cfg.task)(cfg.model, cfg)
+    model = task.build_model()
+    exported = run_dir / WEIGHTS
+    if exported.is_file():
+        weights = load_file(exported)
+    else:
+        latest = ckpt.find_latest(run_dir)
+        if latest is None:
+            raise FileNotFoundError(
+                f"{run_dir} has neither model.safetensors nor a complete checkpoint; train it first"
+            )
+        weights = ckpt.consolidated_state_dict(latest)
+    model.load_state_dict(weights, strict=True)
+    return cfg, task, model.to(device).eval()

@@ -6,6 +6,7 @@ must be even), with a keyframe on the first frame so every clip decodes on its o
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from fractions import Fraction
@@ -73,3 +74,12 @@ def decode_mp4(data: bytes | str | os.PathLike, threads: int = 0) -> np.ndarray:
     if not frames:
         raise ValueError("video stream has no decodable frames")
     return np.stack(frames)
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoClip:
+    """Frames with the rate they were recorded at: what a task hands the W&B writer as a video, so it
+    plays at the clip's true speed. ``frames`` is ``uint8 [T, H, W, 3]``."""
+
+    frames: np.ndarray
+    fps: float

@@ -14,7 +14,8 @@ from train_helpers import REPO, read_wandb_history, run_train, train_cmd, train_
 
 from runtime import checkpoint as ckpt
 from runtime.tracking import read_metrics
-from runtime.train import PREEMPTED_EXIT_CODE, load_trained
+from runtime.train import PREEMPTED_EXIT_CODE
+from runtime.trained import load_trained
 
 
 def _fake_checkpoint(run_dir, step: int, complete: bool, world_size: int = 1):

@@ -19,9 +19,9 @@ from runtime.train import (
     apply_activation_checkpointing,
     deepspeed_config,
     load_train_config,
-    load_trained,
     lr_lambda,
 )
+from runtime.trained import load_trained
 from runtime.video import decode_mp4
 from vidworld.cli import main
 
