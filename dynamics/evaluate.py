@@ -1,4 +1,4 @@
-"""The compounding-error evaluation of a dynamics model (/work/shared/EVALUATION.md): ``vidworld evaluate``.
+"""The compounding-error evaluation of a dynamics model (docs/evaluation.md): ``vidworld evaluate``.
 
     vidworld evaluate jobs/evaluate.yaml checkpoint=RUN_DIR tokenizer=TOKENIZER \
         shards=LATENT_SHARDS clips=CLIP_SHARDS horizon=2 output=DIR

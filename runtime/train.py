@@ -410,7 +410,7 @@ def _grad_norm(engine, fallback: float | None) -> float:
 def train(cfg: TrainConfig) -> int:
     """Train ``cfg`` in this process (one rank of those the launcher started); returns the exit code."""
     if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed reads it at import (FACTS.md)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed picks its accelerator at import
     info = init_distributed()
     try:
         return _train(cfg, info)

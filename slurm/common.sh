@@ -44,7 +44,7 @@ vidworld_setup() {
   MASTER_PORT=$((15000 + (SLURM_JOB_ID + 7919 * ${SLURM_RESTART_COUNT:-0}) % 20000))
   export MASTER_ADDR MASTER_PORT
 
-  # DeepSpeed picks its accelerator at import; without a GPU it must be told (FACTS.md).
+  # DeepSpeed picks its accelerator at import; without a GPU it must be told.
   if ! { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }; then
     export DS_ACCELERATOR=cpu
   fi

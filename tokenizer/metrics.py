@@ -1,6 +1,6 @@
 """Frame-quality and codebook metrics: the one implementation every stage imports.
 
-Per /work/shared/EVALUATION.md: PSNR and SSIM are computed on uint8 RGB frames at the clip's own
+Per docs/evaluation.md: PSNR and SSIM are computed on uint8 RGB frames at the clip's own
 resolution with data range 255, per frame, then averaged over frames (and by the caller over
 clips). Inputs are uint8 tensors ``[..., H, W, 3]`` (any leading dims: ``[T, H, W, 3]`` or
 ``[B, T, H, W, 3]``); float videos in [-1, 1] ``[B, 3, T, H, W]`` convert with ``to_uint8``.

@@ -12,7 +12,7 @@ first and reads top to bottom:
 2. the videos, scaled up with nearest-neighbour pixels: the rollout (truth | model), the
    tokenizer's reconstruction (original | reconstruction), the counterfactual rollout (true A |
    model A | true B | model B);
-3. the compounding-error curve against copying the last frame (/work/shared/EVALUATION.md), with
+3. the compounding-error curve against copying the last frame (docs/evaluation.md), with
    the verdicts in full;
 4. the raw tables, folded (``<details>``): the CSVs, the tokenizer's metrics, training curves and
    configs, curation totals and inputs, latents, the chain's configs, provenance.
