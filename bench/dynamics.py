@@ -26,7 +26,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from dynamics import DynamicsConfig, build_dynamics  # noqa: E402
-from dynamics.attention import available_backends  # noqa: E402
+from runtime.parallelize import available_attention_backends  # noqa: E402
 
 H100_BF16_PEAK = 989e12
 
@@ -138,7 +138,7 @@ def main() -> None:
     batch = args.batch or (8 if cuda else 4)
     steps = args.steps or (20 if cuda else 7)
     dtypes = [torch.bfloat16] if cuda else [torch.float32, torch.bfloat16]
-    backends = [b for b in available_backends(device) if b != "math"] if cuda else ["sdpa"]
+    backends = [b for b in available_attention_backends(device) if b != "math"] if cuda else ["sdpa"]
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; preset {preset}; batch {batch}; steps {steps}")
     if not cuda:

@@ -14,13 +14,15 @@
   chosen). It has causal but no block-causal masks, so a frame-causal mask is done as one
   call per query frame against its key prefix (``Lq / tokens_per_frame`` calls; no
   masked work is done at all). fp16/bf16 on CUDA only.
-- ``auto``: ``sdpa`` (works everywhere, every dtype).
+- ``auto``: the runtime picks one for the device it trains on (``runtime.parallelize``); a
+  model used without the runtime runs ``auto`` as ``sdpa`` (works everywhere, every dtype).
+
+Which backends a device can run is the runtime's business, not the model's.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -89,36 +91,11 @@ class FrameCausalMask:
         return self._memo[key]
 
 
-def available_backends(device: torch.device | str) -> list[str]:
-    """Backends that can run on ``device`` in this environment (``auto`` excluded)."""
-    dev = torch.device(device)
-    names = ["math", "sdpa"]
-    if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None:
-        names.append("flex")
-    if dev.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        names.append("flash-attn")
-    return names
-
-
-def resolve_backend(name: str, device: torch.device | str) -> str:
-    """The concrete backend ``name`` means on ``device``; an error says what to install or choose."""
-    if name == "auto":
-        return "sdpa"
-    avail = available_backends(device)
-    if name not in avail:
-        hint = "pip install 'vidworld[gpu]' on a CUDA machine" if name == "flash-attn" else "a newer torch"
-        raise ValueError(
-            f"attention backend {name!r} is not available on {device} (available: {avail}); "
-            f"choose one of those or use {hint}"
-        )
-    return name
-
-
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: FrameCausalMask | None, backend: str) -> Tensor:
     """Scaled dot-product attention ``[B, H, Lq, d] x [B, H, Lk, d] -> [B, H, Lq, d]``.
 
-    ``mask=None`` means every query sees every key. ``backend`` is a resolved name
-    (see ``resolve_backend``).
+    ``mask=None`` means every query sees every key. ``backend`` is one of ``BACKENDS`` of
+    ``dynamics.config`` (``auto`` runs ``sdpa``).
     """
     if mask is not None and (mask.q_len != q.shape[-2] or mask.kv_len != k.shape[-2]):
         raise ValueError(
@@ -126,7 +103,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: FrameCausalMask | None, bac
         )
     if backend == "math":
         return _math(q, k, v, mask)
-    if backend == "sdpa":
+    if backend in ("sdpa", "auto"):
         if mask is not None and mask.tokens_per_frame == 1 and mask.q_offset_frames == 0:
             # One token per frame (temporal blocks): frame-causal is plain causal, which lets the
             # GPU use its flash kernels instead of a dense boolean mask.

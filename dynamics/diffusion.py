@@ -22,13 +22,15 @@ x0-prediction one step gives the model's mean prediction of the next frame.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
-from dynamics.transformer import DynamicsTransformer, KVCache, check_rollout_actions, frame_slice
+from dynamics.head import DynamicsHead
+from dynamics.transformer import KVCache, frame_slice
 
 
 class NoiseLevelEmbedding(nn.Module):
@@ -49,42 +51,25 @@ class NoiseLevelEmbedding(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
-class DiffusionDynamics(nn.Module):
+class DiffusionDynamics(DynamicsHead):
     """Next-frame diffusion over latents ``[B, C, T, h, w]`` conditioned on per-frame actions."""
 
     def __init__(self, cfg: DynamicsConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
         c = cfg.latent_channels
-        self.backbone = DynamicsTransformer(cfg, 2 * c if cfg.residual else c, c)
+        super().__init__(cfg, 2 * c if cfg.residual else c, c)
         self.noise_embed = NoiseLevelEmbedding(cfg.dim)
         # The predecessor's augmentation level (residual only), as GameNGen conditions on it.
         self.context_noise_embed = NoiseLevelEmbedding(cfg.dim) if cfg.residual else None
 
-    @property
-    def blocks(self) -> nn.ModuleList:
-        """The transformer blocks, for per-block activation checkpointing by the runtime."""
-        return self.backbone.blocks
-
-    def forward(self, latents: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
-        """The training loss (see ``loss``): a wrapped model (DeepSpeed) is called like this."""
-        return self.loss(latents, actions)
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        self.backbone.init_weights()
+    def init_head_weights(self) -> None:
         for emb in (self.noise_embed, self.context_noise_embed):
             for m in emb.mlp if emb is not None else ():
                 if isinstance(m, nn.Linear):
                     nn.init.normal_(m.weight, std=0.02)
                     nn.init.zeros_(m.bias)
 
-    def flops_per_sample(self, frames: int | None = None) -> float:
-        """Training FLOPs per clip (see ``DynamicsTransformer.flops_per_sample``)."""
-        return self.backbone.flops_per_sample(frames or self.cfg.max_frames)
-
     # -- the network in latent layout --------------------------------------------------------
-    def _check(self, latents: Tensor, name: str) -> None:
+    def check_input(self, latents: Tensor, name: str) -> None:
         cfg = self.cfg
         if latents.dim() != 5 or latents.shape[1] != cfg.latent_channels or not latents.is_floating_point():
             raise ValueError(
@@ -145,7 +130,7 @@ class DiffusionDynamics(nn.Module):
         latents, comparable between ``v`` and ``x0`` prediction).
         """
         cfg = self.cfg
-        self._check(latents, "latents")
+        self.check_input(latents, "latents")
         x0 = latents.permute(0, 2, 3, 4, 1)  # [B, T, h, w, C]
         b, t = x0.shape[:2]
         s = self.noise_levels(torch.rand(b, t, device=x0.device))
@@ -205,71 +190,54 @@ class DiffusionDynamics(nn.Module):
             return actions * keep.to(actions.dtype)
         return torch.where(keep, actions, torch.full_like(actions, self.cfg.num_actions))
 
-    # -- sampling ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def rollout(
-        self,
-        context: Tensor,
-        actions: Tensor | None,
-        horizon: int,
-        steps: int | None = None,
-        sampler: str | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-    ) -> Tensor:
-        """Generate ``horizon`` frames after ``context`` ``[B, C, Tc, h, w]`` -> ``[B, C, horizon, h, w]``.
+    # -- sampling (the loop is DynamicsHead.rollout) ------------------------------------------
+    def to_frames(self, x: Tensor) -> Tensor:
+        """``[B, C, T, h, w]`` -> ``[B, T, h, w, C]``."""
+        return x.permute(0, 2, 3, 4, 1)
 
-        ``actions`` cover context and horizon: ``[B, Tc + horizon]`` (or ``[..., A]``). Noise
-        comes from ``generator``; the sampler is deterministic given it. Each new frame sees at
-        most the ``max_frames - 1`` frames before it, as in training (a sliding window; see
-        ``DynamicsTransformer.trim_cache``). ``use_cache=False`` reruns that window at every
-        step: the same result while context + horizon <= ``max_frames``, for testing.
-        """
-        self._check(context, "context")
-        cfg = self.cfg
-        steps = steps or cfg.sampling_steps
-        sampler = sampler or cfg.sampler
+    def from_frames(self, frames: Tensor) -> Tensor:
+        """``[B, T, h, w, C]`` -> ``[B, C, T, h, w]``."""
+        return frames.permute(0, 4, 1, 2, 3)
+
+    def sampling_options(self, steps: int | None = None, sampler: str | None = None) -> dict[str, Any]:
+        """``steps`` (default ``sampling_steps``) and ``sampler``: ``euler`` or ``heun`` (default
+        ``cfg.sampler``)."""
+        sampler = sampler or self.cfg.sampler
         if sampler not in ("euler", "heun"):
             raise ValueError(f"sampler={sampler!r}; choose euler or heun")
-        b, _, tc, h, w = context.shape
-        check_rollout_actions(actions, b, tc + horizon)
-        frames = context.permute(0, 2, 3, 4, 1)  # [B, Tc, h, w, C]
-        levels = self.noise_levels(torch.linspace(1, 0, steps + 1, device=context.device))
-        window = max(1, cfg.max_frames - 1)
-        cache = KVCache() if use_cache else None
-        if cache is not None:
-            self.predict(
-                frames,
-                torch.zeros(b, tc, device=frames.device),
-                frame_slice(actions, 0, tc),
-                cache,
-                True,
-                prev=self.predecessors(frames) if cfg.residual else None,
-            )
-            self.backbone.trim_cache(cache, window)
-        for i in range(horizon):
-            t = tc + i
-            x = torch.randn(b, 1, h, w, cfg.latent_channels, generator=generator, device=frames.device)
-            x = x.to(frames.dtype)
+        return {"steps": steps or self.cfg.sampling_steps, "sampler": sampler}
 
-            for j in range(steps):
-                s, s_next = float(levels[j]), float(levels[j + 1])
-                v = self._velocity(x, s, t, frames, actions, cache)
-                x_euler = x + (s_next - s) * v
-                if sampler == "heun" and s_next > 0:
-                    v_next = self._velocity(x_euler, s_next, t, frames, actions, cache)
-                    x = x + (s_next - s) * 0.5 * (v + v_next)
-                else:
-                    x = x_euler
-            prev = frames[:, -1:] if cfg.residual else None
-            frames = torch.cat([frames, x], dim=1)
-            if cache is not None and i + 1 < horizon:
-                # The finished frame, clean, goes into the cache for the frames after it.
-                self.predict(
-                    x, torch.zeros(b, 1, device=x.device), frame_slice(actions, t, t + 1), cache, True, prev
-                )
-                self.backbone.trim_cache(cache, window)
-        return frames[:, tc:].permute(0, 4, 1, 2, 3)
+    def write_cache(
+        self, frames: Tensor, before: Tensor | None, actions: Tensor | None, cache: KVCache
+    ) -> None:
+        b, t = frames.shape[:2]
+        prev = self.predecessors(frames, before) if self.cfg.residual else None
+        self.predict(frames, torch.zeros(b, t, device=frames.device), actions, cache, True, prev=prev)
+
+    def sample_frame(
+        self,
+        frames: Tensor,
+        t: int,
+        actions: Tensor | None,
+        cache: KVCache | None,
+        generator: torch.Generator | None,
+        steps: int = 1,
+        sampler: str = "euler",
+    ) -> Tensor:
+        """Denoise frame ``t`` from pure noise (``s = 1``) to clean in ``steps`` steps."""
+        b, _, h, w, c = frames.shape
+        levels = self.noise_levels(torch.linspace(1, 0, steps + 1, device=frames.device))
+        x = torch.randn(b, 1, h, w, c, generator=generator, device=frames.device).to(frames.dtype)
+        for j in range(steps):
+            s, s_next = float(levels[j]), float(levels[j + 1])
+            v = self._velocity(x, s, t, frames, actions, cache)
+            x_euler = x + (s_next - s) * v
+            if sampler == "heun" and s_next > 0:
+                v_next = self._velocity(x_euler, s_next, t, frames, actions, cache)
+                x = x + (s_next - s) * 0.5 * (v + v_next)
+            else:
+                x = x_euler
+        return x
 
     def _velocity(
         self, x: Tensor, s: float, t: int, past: Tensor, actions: Tensor | None, cache: KVCache | None

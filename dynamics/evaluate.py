@@ -52,17 +52,18 @@ horizon ``h`` (mean over branches; PSNR in dB per source frame on uint8 at branc
 Skipped (and said so) for a model without actions, or with continuous ones (branch files hold
 discrete Atari actions).
 
-Outputs (vidworld/report.py documents the folder): ``compounding_error.csv``,
-``action_sensitivity.csv``, ``counterfactual.csv``, ``compounding_error.png``, ``rollout.mp4``
-(the first clip, truth | model), ``counterfactual.mp4`` (the first branch, truth A | model A |
-truth B | model B), ``eval.json`` (provenance, verdict, and a ``counterfactual`` object: status
-``computed`` / ``off`` / ``skipped: REASON``, the branch files, horizon, rows, and the rows of
-each game alone under ``games``), and a W&B run
-(``wandb.mode``) with the keys ``vidworld.dashboard`` reads: ``compounding/*`` and
+Outputs (the file names below are this module's constants, EVAL_JSON...; vidworld/report.py
+documents the folder): ``compounding_error.csv``, ``action_sensitivity.csv``, ``counterfactual.csv``,
+``compounding_error.png``, ``rollout.mp4`` (the first clip, truth | model, at the frame rate its
+metadata records), ``counterfactual.mp4`` (the first branch, truth A | model A | truth B | model B,
+at the branch file's rate), ``eval.json`` (provenance, verdict, and a ``counterfactual`` object:
+status ``computed`` / ``off`` / ``skipped: REASON``, the branch files, horizon, rows, and the rows
+of each game alone under ``games``), and a W&B run (``wandb.mode``, ``runtime.tracking.open_run``)
+with the keys defined below, which ``vidworld.dashboard`` draws: ``compounding/*`` and
 ``counterfactual/*`` against ``compounding/horizon``, the tables ``eval/compounding_error`` and
 ``eval/counterfactual``, ``eval/compounding_error_figure``, ``eval/rollout_video`` and
 ``eval/counterfactual_video``. A file of a part not computed this run is removed, so a stale one
-is never read as this run's.
+is never read as this run's. ``is_complete(cfg)`` says whether an output folder is up to date.
 """
 
 from __future__ import annotations
@@ -74,8 +75,6 @@ import io
 import itertools
 import json
 import math
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,19 +92,47 @@ from dynamics.rollout import (
     source_frames,
     source_slice,
 )
+from dynamics.verdict import (
+    COMPOUNDING_COLUMNS,
+    COUNTERFACTUAL_COLUMNS,
+    compounding_verdict,
+    judge_compounding,
+)
 from pipeline.branches import BRANCH_SUFFIX, read_branch
 from pipeline.clips import RESIZE_MODES, center_crop, decode_size
-from runtime.config import load_config
+from pipeline.shards import clip_fps
 from runtime.files import atomic_write_bytes, atomic_write_text
 from runtime.progress import Progress
-from runtime.tracking import WandbConfig
+from runtime.stage import stage_cli
+from runtime.tracking import Table, WandbConfig, open_run, wandb_media
 from runtime.video import encode_mp4
 from tokenizer.evaluate import iter_split, machine_name, select_samples, utc_now
 from tokenizer.metrics import from_uint8, psnr
-from vidworld.report import COMPOUNDING_COLUMNS, COUNTERFACTUAL_COLUMNS, compounding_verdict
+
+# The files this stage writes into its output folder (``output``); eval.json is written last.
+EVAL_JSON = "eval.json"
+COMPOUNDING_CSV = "compounding_error.csv"
+COMPOUNDING_FIGURE = "compounding_error.png"
+ACTION_CSV = "action_sensitivity.csv"
+COUNTERFACTUAL_CSV = "counterfactual.csv"
+ROLLOUT_VIDEO = "rollout.mp4"
+COUNTERFACTUAL_VIDEO = "counterfactual.mp4"
 
 ACTION_COLUMNS = ("horizon", "action_sensitivity_psnr")
-# vidworld.report.COUNTERFACTUAL_COLUMNS are these means over branches, then two ratios of sums over
+
+# The W&B keys this stage logs (vidworld.dashboard draws them): the per-horizon figures as
+# PREFIX + column against HORIZON_KEY (latent frames after the context).
+COMPOUNDING_PREFIX = "compounding/"  # + a COMPOUNDING_COLUMNS name
+COUNTERFACTUAL_PREFIX = "counterfactual/"  # + a COUNTERFACTUAL_COLUMNS name
+HORIZON_KEY = COMPOUNDING_PREFIX + "horizon"
+COMPOUNDING_KEYS = tuple(COMPOUNDING_PREFIX + c for c in COMPOUNDING_COLUMNS if c != "horizon")
+ACTION_KEY = COMPOUNDING_PREFIX + "action_sensitivity_psnr"
+COMPOUNDING_TABLE_KEY = "eval/compounding_error"
+COUNTERFACTUAL_TABLE_KEY = "eval/counterfactual"
+FIGURE_KEY = "eval/compounding_error_figure"
+ROLLOUT_VIDEO_KEY = "eval/rollout_video"
+COUNTERFACTUAL_VIDEO_KEY = "eval/counterfactual_video"
+# COUNTERFACTUAL_COLUMNS are these means over branches, then two ratios of sums over
 # branches of the per-branch pixel MSEs (uint8 units squared) in RESPONSE_TERMS: the numerator
 # (rollout A against rollout B) and the two denominators (true A against true B; through the tokenizer).
 COUNTERFACTUAL_MEANS = ("factual_psnr", "counterfactual_psnr", "counterfactual_latent_mse", "true_ab_psnr")
@@ -134,10 +161,40 @@ class EvaluateConfig:
     branch_resize: str = "squash"  # the curated clips' `resize` (squash | center_crop)
     max_branches: int = 8  # taken in turn from each game (the file name before "-bNN"); 0: all
     device: str = "auto"
-    fps: float = 15.0
+    fps: float = 15.0  # rollout.mp4's rate when the clips' metadata records none (curated clips do)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     wandb: WandbConfig = dataclasses.field(
         default_factory=lambda: WandbConfig(mode="offline", tags=["eval"], name="eval")
+    )
+
+
+def is_complete(cfg: EvaluateConfig) -> bool:
+    """Whether ``cfg.output`` holds this evaluation of ``cfg.checkpoint`` as it is now: eval.json of
+    the step of the run's exported weights, the curve (CSV and figure) and the rollout video; and,
+    when ``cfg.branches`` asks for counterfactuals, their outcome: computed (then with
+    counterfactual.csv and counterfactual.mp4) or skipped for this model (no discrete actions:
+    rerunning would skip them again)."""
+    from runtime.trained import trained_step  # here: it imports the training runtime
+
+    out = Path(cfg.output)
+    try:
+        info = json.loads((out / EVAL_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(info, dict):
+        return False
+    step = trained_step(cfg.checkpoint)
+    if step is None or info.get("checkpoint_step") != step:
+        return False
+    if not all((out / n).is_file() for n in (COMPOUNDING_CSV, COMPOUNDING_FIGURE, ROLLOUT_VIDEO)):
+        return False
+    if not cfg.branches:
+        return True
+    status = str((info.get("counterfactual") or {}).get("status", "off"))
+    if status.startswith("skipped"):
+        return True
+    return status == "computed" and all(
+        (out / n).is_file() for n in (COUNTERFACTUAL_CSV, COUNTERFACTUAL_VIDEO)
     )
 
 
@@ -148,22 +205,6 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, float]
     for r in rows:
         w.writerow({c: (int(r[c]) if c == "horizon" else f"{r[c]:.6g}") for c in columns})
     atomic_write_text(path, buf.getvalue())
-
-
-def verdict(rows: list[dict[str, float]]) -> dict[str, bool]:
-    """EVALUATION.md's booleans: beats copy-last in pixels / in latents at every horizon, and
-    whether the tokenizer is what loses (pixel copy-last above the recon ceiling somewhere)."""
-    return {
-        "model_beats_copy_last_recon_psnr": all(r["model_psnr"] > r["copy_last_recon_psnr"] for r in rows),
-        "model_beats_copy_last_latent_mse": all(
-            r["model_latent_mse"] < r["copy_last_latent_mse"] for r in rows
-        ),
-        "worth_something": all(
-            r["model_psnr"] > r["copy_last_recon_psnr"] and r["model_latent_mse"] < r["copy_last_latent_mse"]
-            for r in rows
-        ),
-        "tokenizer_limits": any(r["copy_last_psnr"] > r["recon_psnr"] for r in rows),
-    }
 
 
 def _sensitivity_status(done: bool, uses_actions: bool, wanted: bool) -> str:
@@ -586,17 +627,17 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
         ]
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "compounding_error.csv", COMPOUNDING_COLUMNS, rows)
-    sens_path = out / "action_sensitivity.csv"
+    _write_csv(out / COMPOUNDING_CSV, COMPOUNDING_COLUMNS, rows)
+    sens_path = out / ACTION_CSV
     if action_rows:
         _write_csv(sens_path, ACTION_COLUMNS, action_rows)
     elif sens_path.exists():
         sens_path.unlink()  # a stale file from an earlier run would be read as this run's
     if cf_video is not None:
-        _write_csv(out / "counterfactual.csv", COUNTERFACTUAL_COLUMNS, cf_rows)
-        atomic_write_bytes(out / "counterfactual.mp4", encode_mp4(cf_video, fps=windows[0].fps))
+        _write_csv(out / COUNTERFACTUAL_CSV, COUNTERFACTUAL_COLUMNS, cf_rows)
+        atomic_write_bytes(out / COUNTERFACTUAL_VIDEO, encode_mp4(cf_video, fps=windows[0].fps))
     else:
-        for name in ("counterfactual.csv", "counterfactual.mp4"):
+        for name in (COUNTERFACTUAL_CSV, COUNTERFACTUAL_VIDEO):
             (out / name).unlink(missing_ok=True)
     resolution = ",".join(sorted(resolutions))
     info: dict[str, Any] = {
@@ -620,7 +661,7 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
         "machine": machine_name(),
         "date": utc_now(),
         "action_sensitivity": _sensitivity_status(bool(action_rows), uses_actions, cfg.action_sensitivity),
-        "verdict": verdict(rows),
+        "verdict": judge_compounding(rows).flags(),
         "counterfactual": {
             "status": cf_status,
             "branches": len(windows),
@@ -639,10 +680,11 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
         f"{Path(world.checkpoint).name or 'model'} | tokenizer {Path(world.tokenizer_path).name} | "
         f"{info['machine']} | {info['date'][:10]}"
     )
-    plot_curve(rows, out / "compounding_error.png", title)
+    plot_curve(rows, out / COMPOUNDING_FIGURE, title)
     assert video is not None
-    atomic_write_bytes(out / "rollout.mp4", encode_mp4(video, fps=cfg.fps))
-    atomic_write_text(out / "eval.json", json.dumps(_finite_or_null(info), indent=2))
+    # The video is of the first clip: it plays at that clip's recorded rate.
+    atomic_write_bytes(out / ROLLOUT_VIDEO, encode_mp4(video, fps=clip_fps(chosen[0]["meta"], cfg.fps)))
+    atomic_write_text(out / EVAL_JSON, json.dumps(_finite_or_null(info), indent=2))
     log_to_wandb(cfg, out, rows, action_rows, info)
     return {**info, "rows": rows, "action_rows": action_rows}
 
@@ -658,10 +700,6 @@ def _finite_or_null(obj: Any) -> Any:
     return obj
 
 
-def _table(wandb: Any, columns: tuple[str, ...], rows: list[dict[str, float]]) -> Any:
-    return wandb.Table(columns=list(columns), data=[[r[c] for c in columns] for r in rows])
-
-
 def log_to_wandb(
     cfg: EvaluateConfig,
     out: Path,
@@ -669,71 +707,44 @@ def log_to_wandb(
     action_rows: list[dict[str, float]],
     info: dict[str, Any],
 ) -> None:
-    """The curve as ``compounding/*`` against ``compounding/horizon`` (a line plot per column), the
-    table ``eval/compounding_error``, the figure and the rollout video (keys: vidworld.dashboard);
+    """The curve as ``compounding/*`` against ``HORIZON_KEY`` (a line plot per column), the table
+    ``eval/compounding_error``, the figure and the rollout video (keys: vidworld.dashboard);
     when computed, the counterfactual columns as ``counterfactual/*`` against the same horizon,
     the table ``eval/counterfactual`` and ``eval/counterfactual_video``."""
-    if cfg.wandb.mode == "disabled":
+    config = {"eval": json.loads(json.dumps(dataclasses.asdict(cfg))), "provenance": _finite_or_null(info)}
+    run = open_run(cfg.wandb, out, cfg.wandb.name, job_type="eval", config=config)
+    if run is None:
         return
-    import wandb  # only when logging: it is slow to import
-
-    from vidworld.dashboard import ACTION_KEY, HORIZON_KEY
-
-    mode = cfg.wandb.mode
-    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        print(
-            "wandb: WANDB_API_KEY is not set; logging offline (sync later with `wandb sync`)", file=sys.stderr
-        )
-        mode = "offline"
-    run = wandb.init(
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        group=cfg.wandb.group,
-        name=cfg.wandb.name,
-        tags=list(cfg.wandb.tags),
-        job_type="eval",
-        mode=mode,
-        dir=str(out),
-        config={"eval": json.loads(json.dumps(dataclasses.asdict(cfg))), "provenance": _finite_or_null(info)},
-        settings=wandb.Settings(console="off", silent=True),
-    )
     try:
         run.define_metric(HORIZON_KEY)
-        run.define_metric("compounding/*", step_metric=HORIZON_KEY)
-        run.define_metric("counterfactual/*", step_metric=HORIZON_KEY)
+        run.define_metric(COMPOUNDING_PREFIX + "*", step_metric=HORIZON_KEY)
+        run.define_metric(COUNTERFACTUAL_PREFIX + "*", step_metric=HORIZON_KEY)
         sens = {int(r["horizon"]): r["action_sensitivity_psnr"] for r in action_rows}
         # The counterfactual horizon is at most the curve's (clamped to the branch files' future).
         cf_rows = info["counterfactual"]["rows"]
         cf = {int(r["horizon"]): r for r in cf_rows}
         for r in rows:
             h = int(r["horizon"])
-            row = {HORIZON_KEY: h, **{f"compounding/{k}": v for k, v in r.items() if k != "horizon"}}
+            row = {HORIZON_KEY: h, **{COMPOUNDING_PREFIX + k: v for k, v in r.items() if k != "horizon"}}
             if h in sens:
                 row[ACTION_KEY] = sens[h]
-            row.update({f"counterfactual/{k}": v for k, v in cf.get(h, {}).items() if k != "horizon"})
+            row.update({COUNTERFACTUAL_PREFIX + k: v for k, v in cf.get(h, {}).items() if k != "horizon"})
             run.log({k: v for k, v in row.items() if not (isinstance(v, float) and not math.isfinite(v))})
         logged = {
-            "eval/compounding_error": _table(wandb, COMPOUNDING_COLUMNS, rows),
-            "eval/compounding_error_figure": wandb.Image(str(out / "compounding_error.png")),
-            "eval/rollout_video": wandb.Video(str(out / "rollout.mp4"), format="mp4"),
+            COMPOUNDING_TABLE_KEY: Table.of_rows(COMPOUNDING_COLUMNS, rows),
+            FIGURE_KEY: out / COMPOUNDING_FIGURE,
+            ROLLOUT_VIDEO_KEY: out / ROLLOUT_VIDEO,
         }
         if cf_rows:
-            logged["eval/counterfactual"] = _table(wandb, COUNTERFACTUAL_COLUMNS, cf_rows)
-            logged["eval/counterfactual_video"] = wandb.Video(str(out / "counterfactual.mp4"), format="mp4")
-        run.log(logged)
+            logged[COUNTERFACTUAL_TABLE_KEY] = Table.of_rows(COUNTERFACTUAL_COLUMNS, cf_rows)
+            logged[COUNTERFACTUAL_VIDEO_KEY] = out / COUNTERFACTUAL_VIDEO
+        run.log({k: wandb_media(v) for k, v in logged.items()})
     finally:
         run.finish()
 
 
-def cli(config_path: str, overrides: list[str]) -> int:
-    """``vidworld evaluate jobs/evaluate.yaml checkpoint=RUN tokenizer=TOK shards=LATENTS clips=CURATED
-    output=DIR``: prints the table and the output paths."""
-    cfg = load_config(EvaluateConfig, config_path, overrides)
-    try:
-        res = evaluate(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"vidworld evaluate: {e}", file=sys.stderr)
-        return 1
+def print_summary(cfg: EvaluateConfig, res: dict[str, Any]) -> int:
+    """The table, the action sensitivity and counterfactual lines, the verdict and the output folder."""
     d = res["data"]
     print(
         f"compounding error: {d['clips']} {d['split']} clips at {d['resolution']}, step "
@@ -761,3 +772,9 @@ def cli(config_path: str, overrides: list[str]) -> int:
         print(f"counterfactual actions: {cf['status']}")
     print(f"verdict: {compounding_verdict(res['rows'])}\noutput: {cfg.output}", flush=True)
     return 0
+
+
+def cli(config_path: str, overrides: list[str]) -> int:
+    """``vidworld evaluate jobs/evaluate.yaml checkpoint=RUN tokenizer=TOK shards=LATENTS clips=CURATED
+    output=DIR``: prints the table and the output paths."""
+    return stage_cli("evaluate", EvaluateConfig, evaluate, config_path, overrides, done=print_summary)

@@ -14,44 +14,29 @@ schedule, until the last step reveals everything.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
-from dynamics.transformer import DynamicsTransformer, KVCache, check_rollout_actions, frame_slice
+from dynamics.head import DynamicsHead
+from dynamics.transformer import KVCache, frame_slice
 
 
-class MaskGITDynamics(nn.Module):
+class MaskGITDynamics(DynamicsHead):
     """Next-frame prediction over indices ``[B, T, h, w]`` (long, ``0..codebook_size-1``)."""
 
     def __init__(self, cfg: DynamicsConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg, cfg.dim, cfg.codebook_size)
         self.mask_id = cfg.codebook_size
         self.token_embed = nn.Embedding(cfg.codebook_size + 1, cfg.dim)
-        self.backbone = DynamicsTransformer(cfg, cfg.dim, cfg.codebook_size)
 
-    @property
-    def blocks(self) -> nn.ModuleList:
-        """The transformer blocks, for per-block activation checkpointing by the runtime."""
-        return self.backbone.blocks
-
-    def forward(self, indices: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
-        """The training loss (see ``loss``): a wrapped model (DeepSpeed) is called like this."""
-        return self.loss(indices, actions)
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        self.backbone.init_weights()
+    def init_head_weights(self) -> None:
         nn.init.normal_(self.token_embed.weight, std=0.02)
 
-    def flops_per_sample(self, frames: int | None = None) -> float:
-        """Training FLOPs per clip (see ``DynamicsTransformer.flops_per_sample``)."""
-        return self.backbone.flops_per_sample(frames or self.cfg.max_frames)
-
-    def _check(self, indices: Tensor, name: str) -> None:
+    def check_input(self, indices: Tensor, name: str) -> None:
         k = self.cfg.codebook_size
         if indices.dim() != 4 or indices.dtype != torch.long:
             raise ValueError(
@@ -75,7 +60,7 @@ class MaskGITDynamics(nn.Module):
 
     def loss(self, indices: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
         """Masked-token cross-entropy for ``indices`` ``[B, T, h, w]``; ``loss`` and ``masked_accuracy``."""
-        self._check(indices, "indices")
+        self.check_input(indices, "indices")
         b, t = indices.shape[:2]
         ratio = torch.cos(0.5 * math.pi * torch.rand(b, t, 1, 1, device=indices.device))
         masked = torch.rand(indices.shape, device=indices.device) < ratio
@@ -86,65 +71,58 @@ class MaskGITDynamics(nn.Module):
         acc = ((logits.argmax(-1) == indices).flatten().float() * w).sum() / count
         return {"loss": (ce * w).sum() / count, "masked_accuracy": acc.detach()}
 
-    @torch.no_grad()
-    def rollout(
-        self,
-        context: Tensor,
-        actions: Tensor | None,
-        horizon: int,
-        steps: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-    ) -> Tensor:
-        """Generate ``horizon`` frames after ``context`` ``[B, Tc, h, w]`` -> ``[B, horizon, h, w]``.
-
-        ``actions`` ``[B, Tc + horizon]``. ``temperature=0`` picks the most likely token
-        (deterministic); otherwise tokens are drawn with ``generator``. Each new frame sees at
-        most the ``max_frames - 1`` frames before it, as in training (a sliding window).
-        ``use_cache=False`` reruns that window at every step (the same result while context +
-        horizon <= ``max_frames``, for testing and comparison).
-        """
-        self._check(context, "context")
+    # -- sampling (the loop is DynamicsHead.rollout) ------------------------------------------
+    def sampling_options(
+        self, steps: int | None = None, temperature: float | None = None, top_k: int | None = None
+    ) -> dict[str, Any]:
+        """``steps`` per frame (default ``maskgit_steps``); ``temperature=0`` picks the most likely
+        token (deterministic), else tokens are drawn; ``top_k`` (0: all). ``None``: the config's."""
         cfg = self.cfg
-        steps = steps or cfg.maskgit_steps
-        temperature = cfg.temperature if temperature is None else temperature
-        top_k = cfg.top_k if top_k is None else top_k
-        b, tc, h, w = context.shape
-        check_rollout_actions(actions, b, tc + horizon)
-        frames = context
-        window = max(1, cfg.max_frames - 1)
-        cache = KVCache() if use_cache else None
-        if cache is not None:
-            self.logits(frames, frame_slice(actions, 0, tc), cache, True)
-            self.backbone.trim_cache(cache, window)
+        return {
+            "steps": steps or cfg.maskgit_steps,
+            "temperature": cfg.temperature if temperature is None else temperature,
+            "top_k": cfg.top_k if top_k is None else top_k,
+        }
+
+    def write_cache(
+        self, frames: Tensor, before: Tensor | None, actions: Tensor | None, cache: KVCache
+    ) -> None:
+        self.logits(frames, actions, cache, True)
+
+    def sample_frame(
+        self,
+        frames: Tensor,
+        t: int,
+        actions: Tensor | None,
+        cache: KVCache | None,
+        generator: torch.Generator | None,
+        steps: int = 1,
+        temperature: float = 0.0,
+        top_k: int = 0,
+    ) -> Tensor:
+        """Frame ``t`` from all-masked, revealing the most confident samples step by step."""
+        b, _, h, w = frames.shape
         n = h * w
-        for i in range(horizon):
-            t = tc + i
-            cur = torch.full((b, 1, h, w), self.mask_id, dtype=torch.long, device=context.device)
-            for j in range(steps):
-                if cache is not None:
-                    logits = self.logits(cur, frame_slice(actions, t, t + 1), cache)
-                else:
-                    start = max(0, t - window)
-                    seq = torch.cat([frames[:, start:], cur], 1)
-                    logits = self.logits(seq, frame_slice(actions, start, t + 1))[:, -1:]
-                sampled, conf = _sample(logits.float().flatten(1, 3), temperature, top_k, generator)
-                hidden = cur.flatten(1) == self.mask_id
-                cur_flat = torch.where(hidden, sampled, cur.flatten(1))
-                # Positions revealed earlier are never hidden again.
-                conf = torch.where(hidden, conf, torch.full_like(conf, float("inf")))
-                keep_hidden = int(math.floor(n * math.cos(0.5 * math.pi * (j + 1) / steps)))
-                if keep_hidden > 0:
-                    lowest = conf.topk(keep_hidden, dim=1, largest=False).indices
-                    cur_flat = cur_flat.scatter(1, lowest, self.mask_id)
-                cur = cur_flat.view(b, 1, h, w)
-            frames = torch.cat([frames, cur], dim=1)
-            if cache is not None and i + 1 < horizon:
-                self.logits(cur, frame_slice(actions, t, t + 1), cache, True)
-                self.backbone.trim_cache(cache, window)
-        return frames[:, tc:]
+        window = max(1, self.cfg.max_frames - 1)
+        cur = torch.full((b, 1, h, w), self.mask_id, dtype=torch.long, device=frames.device)
+        for j in range(steps):
+            if cache is not None:
+                logits = self.logits(cur, frame_slice(actions, t, t + 1), cache)
+            else:
+                start = max(0, t - window)
+                seq = torch.cat([frames[:, start:], cur], 1)
+                logits = self.logits(seq, frame_slice(actions, start, t + 1))[:, -1:]
+            sampled, conf = _sample(logits.float().flatten(1, 3), temperature, top_k, generator)
+            hidden = cur.flatten(1) == self.mask_id
+            cur_flat = torch.where(hidden, sampled, cur.flatten(1))
+            # Positions revealed earlier are never hidden again.
+            conf = torch.where(hidden, conf, torch.full_like(conf, float("inf")))
+            keep_hidden = int(math.floor(n * math.cos(0.5 * math.pi * (j + 1) / steps)))
+            if keep_hidden > 0:
+                lowest = conf.topk(keep_hidden, dim=1, largest=False).indices
+                cur_flat = cur_flat.scatter(1, lowest, self.mask_id)
+            cur = cur_flat.view(b, 1, h, w)
+        return cur
 
 
 def _sample(

@@ -13,7 +13,8 @@ frames), ``context=2 horizon=2`` shows source frames 0..4 as context and imagine
 with the ``rollout`` method of ``DiffusionDynamics`` / ``MaskGITDynamics``) with its
 ``DynamicsConfig`` and the tokenizer; it turns a latent-shard sample into model input with
 ``DynamicsTask.prepare`` (which owns the source-frame -> latent-frame action mapping), rolls out,
-and decodes latents to uint8 frames. The rollout video is ``truth | model`` side by side; the
+and decodes latents to uint8 frames; it sees the tokenizer only through
+``tokenizer.interface.VideoTokenizer``. The rollout video is ``truth | model`` side by side; the
 model's context frames (the tokenizer's reconstruction of the real context) carry a red border.
 """
 
@@ -31,11 +32,13 @@ from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
 from dynamics.task import DynamicsTask
+from pipeline.shards import clip_fps
 from runtime.files import atomic_write_bytes
 from runtime.stage import stage_cli
 from runtime.video import encode_mp4
 from tokenizer.evaluate import iter_split, resolve_device
 from tokenizer.export import load_tokenizer
+from tokenizer.interface import VideoTokenizer
 from tokenizer.metrics import to_uint8
 
 
@@ -66,7 +69,7 @@ class RolloutConfig:
     horizon: int = 2  # latent frames imagined (horizon*tau source frames)
     seed: int = 0
     device: str = "auto"
-    fps: float = 15.0
+    fps: float = 15.0  # only for clips whose metadata has no fps (they play at their own rate)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
 
 
@@ -93,7 +96,7 @@ class WorldModel:
         self,
         dynamics: nn.Module,
         cfg: DynamicsConfig,
-        tokenizer: nn.Module,
+        tokenizer: VideoTokenizer,
         step: int | None = None,
         checkpoint: str = "",
         tokenizer_path: str = "",
@@ -197,17 +200,13 @@ class WorldModel:
         """Model space -> the tokenizer's latents ``[B, C, T, h, w]`` float: continuous latents
         divided by ``latent_scale``, or the FSQ codes of the indices (what latent MSE compares)."""
         if self.cfg.is_discrete:
-            return self.tokenizer.bottleneck.indices_to_codes(x.long()).float()
+            return self.tokenizer.indices_to_codes(x.long()).float()
         return x.float() / self.cfg.latent_scale
 
     @torch.no_grad()
     def decode(self, x: Tensor) -> Tensor:
         """Model space with ``T'`` latent frames -> uint8 frames ``[B, 1 + (T'-1) tau, H, W, 3]``."""
-        z = self.latents(x).to(self.device)
-        p = next(iter(self.tokenizer.parameters()), None)
-        if p is not None:
-            z = z.to(p.dtype)
-        return to_uint8(self.tokenizer.decode(z)).cpu()
+        return to_uint8(self.tokenizer.decode(self.latents(x).to(self.device))).cpu()
 
 
 def side_by_side(truth: np.ndarray, model: np.ndarray, context_frames: int) -> np.ndarray:
@@ -276,7 +275,7 @@ def rollout_video(cfg: RolloutConfig, world: WorldModel | None = None) -> Path:
         truth = world.decode(x)[0].numpy()
     video = side_by_side(truth, model, source_frames(cfg.context, world.tau))
     path = Path(cfg.output) / "rollout.mp4"
-    atomic_write_bytes(path, encode_mp4(video, fps=cfg.fps))
+    atomic_write_bytes(path, encode_mp4(video, fps=clip_fps(sample.get("meta"), cfg.fps)))
     return path
 
 

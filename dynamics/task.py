@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from dynamics import build_dynamics
+from dynamics import build_dynamics, dynamics_class
 from dynamics.config import DynamicsConfig
 from pipeline.loader import ClipLoader, LoaderConfig, make_loader
 
@@ -63,7 +63,8 @@ class DynamicsTask:
         self._meta = build_dynamics(model_cfg, device=None)  # for counting FLOPs only
 
     def build_model(self) -> nn.Module:
-        return build_dynamics(self.cfg, device="cpu")
+        """The head ``model.head`` names, constructed only (the runtime places and initialises it)."""
+        return dynamics_class(self.cfg)(self.cfg)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(model.blocks)
@@ -139,8 +140,7 @@ class DynamicsTask:
         one clip, ``eval/shuffled_actions_error`` (the same rollout under another clip's actions).
         Videos need the tokenizer's decoder and are not made here.
         """
-        module = getattr(model, "module", model)
-        p = next(iter(module.parameters()))
+        p = next(iter(model.parameters()))
         x, actions = batch["x"].to(p.device), batch["actions"]
         actions = None if actions is None else actions.to(p.device)
         discrete = self.cfg.is_discrete
@@ -161,14 +161,14 @@ class DynamicsTask:
 
         def roll(a: Tensor | None) -> Tensor:
             g = torch.Generator(device=p.device).manual_seed(0)
-            return module.rollout(context, a, horizon, generator=g)
+            return model.rollout(context, a, horizon, generator=g)
 
-        was_training = module.training
-        module.eval()
+        was_training = model.training
+        model.eval()
         try:
             out = {"eval/model_error": err(roll(actions)), "eval/copy_last_error": err(last)}
             if actions is not None and x.shape[0] > 1:
                 out["eval/shuffled_actions_error"] = err(roll(torch.roll(actions, 1, dims=0)))
         finally:
-            module.train(was_training)
+            model.train(was_training)
         return out

@@ -15,18 +15,15 @@ checkpointing from outside. Nothing here knows about devices or distribution.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dynamics.attention import FrameCausalMask, attention, resolve_backend
+from dynamics.attention import FrameCausalMask, attention
 from dynamics.config import DynamicsConfig
 from dynamics.rope import apply_rope, rope_angles
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,11 +39,16 @@ class KVCache:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with QK RMS-norm (keeps bf16 logits tame) and rotary positions."""
+    """Multi-head self-attention with QK RMS-norm (keeps bf16 logits tame) and rotary positions.
 
-    def __init__(self, dim: int, heads: int) -> None:
+    ``attention_backend`` names the kernel (``dynamics.attention``); the runtime replaces a
+    requested ``auto`` by the backend it chose for the device.
+    """
+
+    def __init__(self, dim: int, heads: int, attention_backend: str = "auto") -> None:
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
+        self.attention_backend = attention_backend
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
@@ -58,7 +60,6 @@ class SelfAttention(nn.Module):
         cos: Tensor,
         sin: Tensor,
         mask: FrameCausalMask | None,
-        backend: str,
         past: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``x`` ``[B', L, D]`` -> (``[B', L, D]``, this layer's keys/values incl. ``past``)."""
@@ -70,7 +71,7 @@ class SelfAttention(nn.Module):
         k = apply_rope(F.rms_norm(k, hd, self.k_norm.weight.to(k.dtype), self.k_norm.eps), cos, sin)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = attention(q, k, v, mask, backend)
+        out = attention(q, k, v, mask, self.attention_backend)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1)), (k, v)
 
 
@@ -81,12 +82,14 @@ class Block(nn.Module):
     frame) or ``temporal`` (one spatial position across frames, causal).
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, kind: str = "full") -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, kind: str = "full", attention_backend: str = "auto"
+    ) -> None:
         super().__init__()
         self.kind = kind
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(dim, heads)
+        self.attn = SelfAttention(dim, heads, attention_backend)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.modulation = nn.Linear(dim, 6 * dim)
@@ -97,7 +100,6 @@ class Block(nn.Module):
         cond: Tensor,
         cos: Tensor,
         sin: Tensor,
-        backend: str,
         mask: FrameCausalMask | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
@@ -110,7 +112,7 @@ class Block(nn.Module):
         mods = self.modulation(F.silu(cond))[:, :, None].chunk(6, dim=-1)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         h = self.norm1(x) * (1 + scale1) + shift1
-        x = x + gate1 * self._attend(h, cos, sin, backend, mask, cache, layer, write_cache)
+        x = x + gate1 * self._attend(h, cos, sin, mask, cache, layer, write_cache)
         h = self.norm2(x) * (1 + scale2) + shift2
         return x + gate2 * self.mlp(h)
 
@@ -119,7 +121,6 @@ class Block(nn.Module):
         h: Tensor,
         cos: Tensor,
         sin: Tensor,
-        backend: str,
         mask: FrameCausalMask | None,
         cache: KVCache | None,
         layer: int,
@@ -129,7 +130,7 @@ class Block(nn.Module):
         if self.kind == "spatial":
             seq = h.reshape(b * t, n, d)
             c, s = (a.unsqueeze(0).expand(b, -1, -1, -1).reshape(b * t, 1, n, -1) for a in (cos, sin))
-            out, _ = self.attn(seq, c, s, None, backend)
+            out, _ = self.attn(seq, c, s, None)
             return out.view(b, t, n, d)
         if self.kind == "temporal":
             seq = h.transpose(1, 2).reshape(b * n, t, d)
@@ -141,7 +142,7 @@ class Block(nn.Module):
             seq = h.reshape(b, t * n, d)
             c, s = (a.reshape(1, 1, t * n, -1) for a in (cos, sin))
         past = cache.layers.get(layer) if cache is not None else None
-        out, kv = self.attn(seq, c, s, mask, backend, past)
+        out, kv = self.attn(seq, c, s, mask, past)
         if cache is not None and write_cache:
             cache.layers[layer] = kv
         if self.kind == "temporal":
@@ -164,9 +165,11 @@ class DynamicsTransformer(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.patch_in = nn.Linear(in_features * p * p, d)
         kinds = ["spatial", "temporal"] if cfg.factorized else ["full"]
-        # Kept here too: the runtime may replace blocks by wrappers (activation checkpointing).
+        # One kind per block, read by the forward (masks) and trim_cache.
         self.block_kinds = [kinds[i % len(kinds)] for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio, k) for k in self.block_kinds)
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.heads, cfg.mlp_ratio, k, cfg.attention_backend) for k in self.block_kinds
+        )
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Linear(d, 2 * d)
         self.patch_out = nn.Linear(d, out_features * p * p)
@@ -177,7 +180,6 @@ class DynamicsTransformer(nn.Module):
             self.action_embed = nn.Linear(cfg.action_dim, d)
         else:
             self.action_embed = None
-        self._backend: str | None = None  # resolved on the first forward (the device is known then)
 
     # -- set-up -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -199,15 +201,6 @@ class DynamicsTransformer(nn.Module):
         for m in (self.out_modulation, self.patch_out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
-
-    @property
-    def backend(self) -> str:
-        return self._backend or self.cfg.attention_backend
-
-    def set_backend(self, name: str, device: torch.device | str) -> None:
-        """Choose the attention backend (validated for ``device``) and log it once."""
-        self._backend = resolve_backend(name, device)
-        log.info("dynamics attention backend: %s (requested %s, device %s)", self._backend, name, device)
 
     # -- forward ------------------------------------------------------------------------------
     def embed_actions(self, actions: Tensor | None, batch: int, frames: int) -> Tensor | None:
@@ -269,8 +262,6 @@ class DynamicsTransformer(nn.Module):
                 f"input has shape {tuple(x.shape)}; expected [B, T, h, w, {self.in_features}] with h, w "
                 f"multiples of patch_size={p}"
             )
-        if self._backend is None:
-            self.set_backend(cfg.attention_backend, x.device)
         gh, gw = h // p, w // p
         tokens = (
             x.reshape(b, t, gh, p, gw, p, f).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, t, gh * gw, p * p * f)
@@ -295,7 +286,7 @@ class DynamicsTransformer(nn.Module):
         }
         for i, blk in enumerate(self.blocks):
             mask = masks[self.block_kinds[i]]
-            tokens = blk(tokens, c, cos, sin, self.backend, mask, cache, i, write_cache)
+            tokens = blk(tokens, c, cos, sin, mask, cache, i, write_cache)
         shift, scale = self.out_modulation(F.silu(c))[:, :, None].chunk(2, dim=-1)
         out = self.patch_out(self.norm_out(tokens) * (1 + scale) + shift)
         if cache is not None and write_cache:

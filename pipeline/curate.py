@@ -54,10 +54,19 @@ from pipeline.clips import (
     rotate,
 )
 from pipeline.inputs import InputItem, list_inputs, load_array, read_bytes
-from pipeline.manifest import make_row, summarize, write_manifest, write_stats
+from pipeline.manifest import (
+    MANIFEST_FILE,
+    STATS_FILE,
+    make_row,
+    read_manifest,
+    read_stats,
+    summarize,
+    write_manifest,
+    write_stats,
+)
 from pipeline.probe import BadInput, FrameReader, probe
 from pipeline.scenes import CutConfig, CutDetector
-from pipeline.shards import FORMAT_VERSION, SHARD_PATTERN, ShardWriter, add_sample
+from pipeline.shards import FORMAT_VERSION, SHARD_PATTERN, SHARDS_DIR, ShardWriter, add_sample, shard_paths
 from runtime.config import ConfigError, load_config
 from runtime.files import atomic_open
 from runtime.progress import Progress
@@ -408,7 +417,7 @@ def pack(
         if row["status"] == "ok"
     }
     splits = split_sources(has_actions, cfg.heldout_fraction, cfg.seed)
-    shard_dir = out / "shards"
+    shard_dir = out / SHARDS_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     _clean_temporaries(shard_dir)
     with ShardWriter(shard_dir, cfg.samples_per_shard) as writer:
@@ -476,17 +485,17 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
         timing: Counter = Counter()
         for row in rows:
             timing.update(row.pop("timing", {}))
-        write_manifest(rows, out / "manifest.jsonl")
+        write_manifest(rows, out / MANIFEST_FILE)
         stats = summarize(rows, cfg.clip_frames / cfg.fps, len(shards))
         stats["worker_seconds"] = {k: round(v, 3) for k, v in sorted(timing.items())}
         stats["complete"] = True
         stats["pack_key"] = key
-        write_stats(stats, out / "stats.json")
+        write_stats(stats, out / STATS_FILE)
     print(
         f"curate: {stats['clips']} clips in {stats['shards']} shards from {stats['inputs']} inputs "
         f"({stats['inputs_by_status']}) in {time.monotonic() - t0:.1f} s\n"
-        f"  shards:   {out / 'shards' / SHARD_PATTERN.format(index=0).replace('000000', '*')}\n"
-        f"  manifest: {out / 'manifest.jsonl'}\n  stats:    {out / 'stats.json'}",
+        f"  shards:   {out / SHARDS_DIR / SHARD_PATTERN.format(index=0).replace('000000', '*')}\n"
+        f"  manifest: {out / MANIFEST_FILE}\n  stats:    {out / STATS_FILE}",
         flush=True,
     )
     return stats
@@ -507,13 +516,32 @@ def _pack_key(items: list[InputItem], staging_dir: Path, cfg: CurateConfig) -> s
 def _packed_stats(out: Path, key: str) -> dict[str, Any] | None:
     """The last run's stats when it packed exactly this (so packing again would rewrite the same bytes)."""
     try:
-        stats = json.loads((out / "stats.json").read_text())
+        stats = read_stats(out / STATS_FILE)
     except (OSError, ValueError):
         return None
-    shards = [out / "shards" / SHARD_PATTERN.format(index=i) for i in range(int(stats.get("shards", -1)))]
-    if stats.get("pack_key") != key or not (out / "manifest.jsonl").is_file():
+    if stats.get("pack_key") != key or not (out / MANIFEST_FILE).is_file():
         return None
-    return stats if all(p.is_file() for p in shards) else None
+    return stats if all(p.is_file() for p in shard_paths(out, int(stats.get("shards", -1)))) else None
+
+
+def is_complete(cfg: CurateConfig) -> bool:
+    """Whether ``cfg.output`` holds a finished curation of ``cfg.input``: the stats say complete, every
+    shard they count is there, and the manifest has a row for exactly the inputs (an input added or
+    removed since makes it incomplete)."""
+    out = Path(cfg.output)
+    try:
+        stats = read_stats(out / STATS_FILE)
+        rows = read_manifest(out / MANIFEST_FILE)
+    except (OSError, ValueError):
+        return False
+    shards = shard_paths(out, int(stats.get("shards", -1)))
+    if not stats.get("complete") or "shards" not in stats or not all(p.is_file() for p in shards):
+        return False
+    try:  # listed last: for a URL or list file it is the slow part
+        sources = {i.source for i in curation_inputs(cfg.input)}
+    except ValueError:
+        return False
+    return sources == {r["source"] for r in rows}
 
 
 def cli(config_path: str, overrides: list[str]) -> int:

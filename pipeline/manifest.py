@@ -21,6 +21,8 @@ from typing import Any
 
 from runtime.files import atomic_write_text
 
+MANIFEST_FILE = "manifest.jsonl"  # DIR/MANIFEST_FILE: the rows
+STATS_FILE = "stats.json"  # DIR/STATS_FILE: the totals, with "complete": true once the job finished
 STATUSES = ("ok", "skipped", "failed")
 
 
@@ -90,3 +92,11 @@ def summarize(rows: list[dict[str, Any]], clip_seconds: float, shards: int) -> d
 
 def write_stats(stats: dict[str, Any], path: str | os.PathLike) -> Path:
     return atomic_write_text(path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
+
+
+def read_stats(path: str | os.PathLike) -> dict[str, Any]:
+    """The stats object at ``path``; ``OSError`` when unreadable, ``ValueError`` when not a JSON object."""
+    stats = json.loads(Path(path).read_text())
+    if not isinstance(stats, dict):
+        raise ValueError(f"{path}: expected a JSON object of totals, got {type(stats).__name__}")
+    return stats

@@ -421,6 +421,30 @@ class MixedPolicy:
         return self.action
 
 
+def play(
+    env: Any,
+    policy: MixedPolicy,
+    obs: np.ndarray,
+    info: dict[str, Any],
+    steps: int,
+    frames: list[np.ndarray],
+    actions: list[int],
+    rewards: list[float],
+) -> tuple[np.ndarray, dict[str, Any], bool]:
+    """Let ``policy`` play up to ``steps`` steps from frame ``obs``, appending each frame it acts on, its
+    action and the reward that followed to ``frames``, ``actions`` and ``rewards``. Returns the frame
+    after the last step, its ``info``, and whether the episode ended (then fewer steps were played)."""
+    for _ in range(steps):
+        action = policy(obs, info)
+        frames.append(obs)
+        actions.append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        rewards.append(float(reward))
+        if terminated or truncated:
+            return obs, info, True
+    return obs, info, False
+
+
 def atari_episode(game: str, seed: int, max_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Play one episode of at most ``max_frames`` frames with ``MixedPolicy``. Returns frames
     ``uint8 [T, 210, 160, 3]``, actions ``int64 [T]`` and rewards ``float32 [T]`` (see the module
@@ -430,14 +454,7 @@ def atari_episode(game: str, seed: int, max_frames: int) -> tuple[np.ndarray, np
         obs, info = env.reset(seed=seed)
         policy = MixedPolicy(game, env.unwrapped.get_action_meanings(), np.random.default_rng(seed))
         frames, actions, rewards = [], [], []
-        for _ in range(max_frames):
-            action = policy(obs, info)
-            frames.append(obs)
-            actions.append(action)
-            obs, reward, terminated, truncated, info = env.step(action)
-            rewards.append(float(reward))
-            if terminated or truncated:
-                break
+        play(env, policy, obs, info, max_frames, frames, actions, rewards)
     finally:
         env.close()
     return np.stack(frames), np.asarray(actions, np.int64), np.asarray(rewards, np.float32)
@@ -526,13 +543,12 @@ def atari_branch(
         rewards: list[float] = []
         steps = max(int(rng.integers(40, 151)), context - 1)
         for _ in range(max_tries):
-            for _ in range(steps):
-                action = policy(obs, info)
-                frames.append(obs)
-                actions.append(action)
-                obs, reward, terminated, truncated, info = env.step(action)
-                rewards.append(float(reward))
-                if terminated or truncated:  # start a new episode; the warm-up starts again
+            left = steps
+            while left > 0:
+                played = len(actions)
+                obs, info, ended = play(env, policy, obs, info, left, frames, actions, rewards)
+                left -= len(actions) - played
+                if ended:  # start a new episode; the warm-up starts again
                     obs, info = env.reset()
                     frames, actions, rewards = [], [], []
             steps = int(rng.integers(5, 21))

@@ -37,9 +37,15 @@ import numpy as np
 from runtime.files import atomic_open
 
 FORMAT_VERSION = 1
+SHARDS_DIR = "shards"  # DIR/SHARDS_DIR holds a dataset's shards
 SHARD_PATTERN = "shard-{index:06d}.tar"
 # Members of a sample are written in this order; others follow sorted by name.
 MEMBER_ORDER = ("json", "mp4", "actions.npy", "rewards.npy")
+
+
+def shard_paths(dataset: str | os.PathLike, count: int) -> list[Path]:
+    """The paths of the first ``count`` shards of the dataset folder ``dataset`` (none when ``count < 0``)."""
+    return [Path(dataset) / SHARDS_DIR / SHARD_PATTERN.format(index=i) for i in range(count)]
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -139,3 +145,10 @@ class ShardWriter:
             self.close()
         else:
             self._finish(exc)
+
+
+def clip_fps(meta: Any, default: float | None = None) -> float | None:
+    """The rate a clip was curated at: its ``KEY.json`` ``fps`` (``meta`` is that dict, as loaders
+    and ``iter_split`` give it), else ``default``."""
+    fps = meta.get("fps") if isinstance(meta, dict) else None
+    return float(fps) if isinstance(fps, (int, float)) and fps > 0 else default

@@ -69,6 +69,16 @@ class TinyTransformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.vocab_size)
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Every parameter in place (after ``to_empty()`` from the meta device), drawn as the
+        constructor draws them, in its order: for one seed, the same weights as a plain build."""
+        self.embed.reset_parameters()
+        nn.init.normal_(self.pos, std=0.02)
+        for m in [*self.blocks.modules(), self.norm, self.head]:
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens) + self.pos[: tokens.shape[1]]
         for block in self.blocks:
@@ -89,6 +99,7 @@ class ReferenceTask:
         self._next = 0
 
     def build_model(self) -> nn.Module:
+        """Constructed only; the runtime initialises it (``TinyTransformer.init_weights``)."""
         return TinyTransformer(self.cfg)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:

@@ -39,14 +39,19 @@ class Task(Protocol):
     uses ``model.blocks`` when that is an ``nn.ModuleList``.
 
     ``loss`` receives the wrapped model (call it like the plain module; under ZeRO-3 its
-    parameters are sharded, so read ``p.device``, never ``p.shape``). ``batches`` is called once
-    per run, with ``state`` from ``loader_state()`` of the checkpoint resumed (``None`` when fresh).
+    parameters are sharded, so read ``p.device``, never ``p.shape``); ``eval_media`` receives the
+    plain model (its methods as well as its forward). Neither unwraps anything. ``batches`` is
+    called once per run, with ``state`` from ``loader_state()`` of the checkpoint resumed (``None``
+    when fresh).
     """
 
     config_class: ClassVar[type]
 
     def build_model(self) -> nn.Module:
-        """The model, a plain ``nn.Module`` (the runtime places, wraps and initialises it)."""
+        """The model, a plain ``nn.Module``, constructed only: the runtime calls this under
+        ``torch.device("meta")``, then checkpoints and compiles its blocks, places it with
+        ``to_empty`` and calls its ``init_weights()``, which must set every parameter and buffer
+        in place, deterministically from the global RNG (``runtime.parallelize``)."""
         ...
 
     def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
@@ -70,5 +75,6 @@ class Task(Protocol):
         ...
 
     def eval_media(self, model: nn.Module, batch: Any) -> dict[str, Any]:
-        """Metrics and media for W&B at eval steps (videos as uint8 ``[T, H, W, 3]`` arrays)."""
+        """Metrics and media for W&B at eval steps: numbers, and videos as ``runtime.video.VideoClip``
+        (uint8 ``[T, H, W, 3]`` frames with their true fps) or bare uint8 arrays (a default fps)."""
         ...

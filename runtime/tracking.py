@@ -1,4 +1,9 @@
-"""The one logger of a training run: console line, ``metrics.jsonl`` in the run folder, and W&B.
+"""The one logger of a training run (console line, ``metrics.jsonl`` in the run folder, and W&B),
+and the one W&B writer of every stage: ``open_run`` opens a run (training, evaluation, the chain's
+report) and ``wandb_media`` turns videos, images and tables into W&B objects.
+
+Videos are ``VideoClip``s (frames with their true rate, ``runtime.video``) written to mp4 at that
+rate, or mp4 files already written, so that every logged video plays at the speed it was recorded.
 
 Only rank 0 makes a ``Tracker``. W&B writes under ``run_dir/wandb``; its run id is kept in
 ``run_dir/wandb_run_id.txt`` so a restarted run continues the same W&B run. Without
@@ -39,7 +44,10 @@ import numpy as np
 import torch
 
 from runtime.files import atomic_write_bytes, atomic_write_text
-from runtime.video import encode_mp4
+from runtime.video import VideoClip, encode_mp4
+
+WANDB_MODES = ("online", "offline", "disabled")
+OFFLINE_FALLBACK = "wandb: WANDB_API_KEY is not set; logging offline (sync later with `wandb sync`)"
 
 
 @dataclasses.dataclass
@@ -52,6 +60,85 @@ class WandbConfig:
     name: str | None = None  # default: the run folder's name
     tags: list[str] = dataclasses.field(default_factory=list)
     entity: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """A table to log: ``columns`` and ``data``, one list of cells per row."""
+
+    columns: list[str]
+    data: list[list[Any]]
+
+    @classmethod
+    def of_rows(cls, columns: tuple[str, ...] | list[str], rows: list[dict[str, Any]]) -> Table:
+        """The ``columns`` of dict ``rows``, in that order."""
+        return cls(list(columns), [[r[c] for c in columns] for r in rows])
+
+
+def open_run(
+    cfg: WandbConfig,
+    run_dir: str | Path,
+    name: str | None,
+    job_type: str | None = None,
+    config: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> Any:
+    """A W&B run writing under ``run_dir/wandb``, or ``None`` when ``cfg.mode`` is ``disabled``.
+
+    ``online`` without ``WANDB_API_KEY`` falls back to ``offline`` (one line on stderr, sync later
+    with ``wandb sync``). ``run_id`` resumes that run when it exists (a restarted training run).
+    W&B's console capture is off: the stage prints its own lines.
+    """
+    if cfg.mode not in WANDB_MODES:
+        raise ValueError(f"wandb.mode must be online, offline or disabled, got {cfg.mode!r}")
+    if cfg.mode == "disabled":
+        return None
+    import wandb  # only when logging: it is slow to import
+
+    mode = cfg.mode
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        print(OFFLINE_FALLBACK, file=sys.stderr)
+        mode = "offline"
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    resume = {"id": run_id, "resume": "allow"} if run_id else {}
+    return wandb.init(
+        project=cfg.project,
+        entity=cfg.entity,
+        group=cfg.group,
+        name=name,
+        tags=list(cfg.tags),
+        job_type=job_type,
+        mode=mode,
+        dir=str(run_dir),
+        config=config,
+        settings=wandb.Settings(console="off", silent=True),
+        **resume,
+    )
+
+
+def write_video(clip: VideoClip, path: str | Path) -> Path:
+    """``clip`` as an mp4 at ``path``, playing at ``clip.fps``."""
+    frames = np.ascontiguousarray(clip.frames, dtype=np.uint8)
+    atomic_write_bytes(Path(path), encode_mp4(frames, fps=clip.fps))
+    return Path(path)
+
+
+def wandb_media(value: VideoClip | str | Path | np.ndarray | Table, video_path: Path | None = None) -> Any:
+    """``value`` as the W&B object to log: a ``VideoClip`` (written to ``video_path`` at its fps) or an
+    ``.mp4`` file as a ``wandb.Video``, another image file or a uint8 ``[H, W, 3]`` array as a
+    ``wandb.Image``, a ``Table`` as a ``wandb.Table``."""
+    import wandb
+
+    if isinstance(value, VideoClip):
+        if video_path is None:
+            raise ValueError("a VideoClip is logged from an mp4 file: pass video_path to write it to")
+        value = write_video(value, video_path)
+    if isinstance(value, Table):
+        return wandb.Table(columns=value.columns, data=value.data)
+    if isinstance(value, (str, Path)):
+        path = Path(value)
+        return wandb.Video(str(path), format="mp4") if path.suffix == ".mp4" else wandb.Image(str(path))
+    return wandb.Image(np.asarray(value, dtype=np.uint8))
 
 
 def format_console_line(step: int, max_steps: int, metrics: dict[str, float]) -> str:
@@ -94,39 +181,16 @@ class Tracker:
         self.media_fps = media_fps
         self.max_steps = max_steps
         self.jsonl = self.run_dir / "metrics.jsonl"
-        self.run = None
-        if cfg.mode not in ("online", "offline", "disabled"):
-            raise ValueError(f"wandb.mode must be online, offline or disabled, got {cfg.mode!r}")
-        if cfg.mode != "disabled":
-            self.run = self._init_wandb(cfg, resolved_config)
+        self.run = self._init_wandb(cfg, resolved_config)
 
-    def _init_wandb(self, cfg: WandbConfig, resolved_config: dict[str, Any]):
-        import wandb
-
-        mode = cfg.mode
-        if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-            print(
-                "wandb: WANDB_API_KEY is not set; logging offline (sync later with `wandb sync`)",
-                file=sys.stderr,
-            )
-            mode = "offline"
+    def _init_wandb(self, cfg: WandbConfig, resolved_config: dict[str, Any]) -> Any:
+        if cfg.mode not in WANDB_MODES or cfg.mode == "disabled":
+            return open_run(cfg, self.run_dir, cfg.name)  # None, or the error naming the mode
         id_file = self.run_dir / "wandb_run_id.txt"
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         atomic_write_text(id_file, run_id + "\n")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(
-            project=cfg.project,
-            entity=cfg.entity,
-            group=cfg.group,
-            name=cfg.name or self.run_dir.resolve().name,
-            tags=list(cfg.tags),
-            id=run_id,
-            resume="allow",
-            mode=mode,
-            dir=str(self.run_dir),
-            config=resolved_config,
-            settings=wandb.Settings(console="off", silent=True),
-        )
+        name = cfg.name or self.run_dir.resolve().name
+        run = open_run(cfg, self.run_dir, name, config=resolved_config, run_id=run_id)
         run.define_metric("train/step")
         run.define_metric("train/*", step_metric="train/step")
         run.define_metric("eval/*", step_metric="train/step")
@@ -142,42 +206,38 @@ class Tracker:
             self.run.log(row)
 
     def log_media(self, step: int, media: dict[str, Any]) -> None:
-        """A task's eval output: numbers go where ``log`` puts them; ``uint8 [T, H, W, 3]`` arrays become
-        mp4 files in ``run_dir/media`` (and W&B videos), ``uint8 [H, W, 3]`` arrays W&B images."""
+        """A task's eval output: numbers go where ``log`` puts them; videos (``VideoClip``, played at its
+        fps; a bare uint8 ``[T, H, W, 3]`` array at ``media_fps``) become mp4 files in ``run_dir/media``
+        and W&B videos; uint8 ``[H, W, 3]`` arrays W&B images."""
         scalars: dict[str, float] = {}
         files: dict[str, Any] = {}
         for key, value in media.items():
             key = key if "/" in key else f"eval/{key}"
-            arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            if arr.ndim == 0:
-                scalars[key] = float(arr)
-            elif arr.ndim == 4:
-                path = self.run_dir / "media" / f"{key.replace('/', '_')}_step{step:08d}.mp4"
-                atomic_write_bytes(
-                    path, encode_mp4(np.ascontiguousarray(arr, dtype=np.uint8), fps=self.media_fps)
-                )
-                files[key] = path
-            elif arr.ndim == 3:
-                files[key] = arr.astype(np.uint8)
+            if isinstance(value, VideoClip):
+                clip = value
             else:
-                raise ValueError(
-                    f"eval_media[{key!r}] has shape {arr.shape}; give a number, uint8 [T, H, W, 3] video "
-                    "or uint8 [H, W, 3] image"
-                )
+                arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+                if arr.ndim == 0:
+                    scalars[key] = float(arr)
+                    continue
+                if arr.ndim == 3:
+                    files[key] = arr.astype(np.uint8)
+                    continue
+                if arr.ndim != 4:
+                    raise ValueError(
+                        f"eval_media[{key!r}] has shape {arr.shape}; give a number, a VideoClip, uint8 "
+                        "[T, H, W, 3] video or uint8 [H, W, 3] image"
+                    )
+                clip = VideoClip(arr, self.media_fps)
+            path = self.run_dir / "media" / f"{key.replace('/', '_')}_step{step:08d}.mp4"
+            files[key] = write_video(clip, path)
         if scalars:
             self.log(step, scalars, console=False)
             print(
                 f"eval at step {step}: " + " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()), flush=True
             )
         if files and self.run is not None:
-            import wandb
-
-            row: dict[str, Any] = {"train/step": step}
-            for key, item in files.items():
-                row[key] = (
-                    wandb.Video(str(item), format="mp4") if isinstance(item, Path) else wandb.Image(item)
-                )
-            self.run.log(row)
+            self.run.log({"train/step": step, **{k: wandb_media(v) for k, v in files.items()}})
 
     def close(self, exit_code: int = 0) -> None:
         if self.run is not None:

@@ -1,9 +1,10 @@
 """The shared training runtime: ``vidworld train CONFIG key=value ...``.
 
 One loop for every model. The task (``runtime.task.Task``) builds the model, gives batches and
-computes the loss; this module owns the rest: distributed init, the DeepSpeed engine (ZeRO 0-3,
-bf16/fp32, accumulation, clipping, AdamW, warmup + cosine), activation checkpointing of the
-task's blocks, checkpoint and resume, preemption, non-finite steps, metrics and logging.
+computes the loss; this module owns the rest: distributed init, the model's placement (built on
+the meta device, blocks checkpointed and compiled, materialised and initialised: runtime.parallelize),
+the DeepSpeed engine (ZeRO 0-3, bf16/fp32, accumulation, clipping, AdamW, warmup + cosine),
+checkpoint and resume, preemption, non-finite steps, metrics and logging.
 
 Launchers all reach ``run_training`` (single process, ``torchrun --nproc_per_node=N $(which
 vidworld) train CONFIG``, ``srun``, a Ray Train worker). Rerunning the same command with the same
@@ -40,12 +41,12 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from runtime import checkpoint as ckpt
 from runtime.config import ConfigError, load_yaml, merge_into, parse_overrides, save_config
 from runtime.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from runtime.metrics import Throughput, peak_flops, peak_memory_bytes
+from runtime.parallelize import parallelize
 from runtime.progress import Progress
 from runtime.task import TASKS, Task
 from runtime.tracking import Tracker, WandbConfig
@@ -72,6 +73,7 @@ class TrainerConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     activation_checkpointing: bool = False
     checkpoint_blocks: list[int] = dataclasses.field(default_factory=list)  # block indices; empty = all
+    compile: bool = False  # torch.compile each of the task's blocks (runtime.parallelize)
     save_every: int = 1000  # steps; a checkpoint is also written at the end and on preemption
     keep_last: int = 3  # complete checkpoints kept
     export_weights: bool = True  # run_dir/model.safetensors at the end
@@ -155,8 +157,10 @@ def load_train_config(
             f"{sorted(TASKS)} or module:Class"
         )
     task_cls = resolve_task_class(str(first.task))
+    micro = OmegaConf.select(first, "trainer.micro_batch_size")
     for source, layer in layers:
-        if OmegaConf.select(OmegaConf.create(layer), "data.batch_size") is not None:
+        # A resolved config (a run's config.yaml) carries the filled-in value: only another one is wrong.
+        if OmegaConf.select(OmegaConf.create(layer), "data.batch_size") not in (None, micro):
             raise ConfigError(
                 f"{source}: data.batch_size is not a training key; the micro-batch each rank loads is "
                 "trainer.micro_batch_size (the data section's batch_size is filled from it): set that instead"
@@ -237,53 +241,30 @@ def deepspeed_config(t: TrainerConfig, world_size: int) -> dict[str, Any]:
     }
 
 
-def model_blocks(task: Any, model: nn.Module) -> list[nn.Module]:
-    """The blocks the task exposes for activation checkpointing (``task.blocks`` or ``model.blocks``)."""
-    if hasattr(task, "blocks"):
-        return list(task.blocks(model))
-    if isinstance(getattr(model, "blocks", None), nn.ModuleList):
-        return list(model.blocks)
-    raise ConfigError(
-        f"trainer.activation_checkpointing is on but task {type(task).__name__} exposes no blocks; "
-        "give the task a blocks(model) method or the model an nn.ModuleList named blocks"
-    )
-
-
-def apply_activation_checkpointing(blocks: list[nn.Module], indices: list[int]) -> int:
-    """Recompute the chosen blocks' activations in backward instead of storing them.
-
-    Wraps each block's ``forward`` on the instance, so parameter names and the model's code stay
-    as they are. Returns how many blocks were wrapped.
-    """
-    chosen = range(len(blocks)) if not indices else indices
-    for i in chosen:
-        if not 0 <= i < len(blocks):
-            raise ConfigError(f"trainer.checkpoint_blocks has {i} but the model has {len(blocks)} blocks")
-        block = blocks[i]
-        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
-    return len(chosen)
-
-
-def build_model(task: Any, cfg: TrainConfig, info: DistInfo) -> nn.Module:
-    """``task.build_model()``; under ZeRO-3 inside ``deepspeed.zero.Init``, so each parameter is
-    partitioned over the ranks as soon as its module is built and no rank ever holds the whole model."""
-    if cfg.trainer.zero_stage != 3:
-        return task.build_model()
+def partition_zero3(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
+    """ZeRO-3: partition a model materialised in host memory over the ranks, one parameter at a time
+    (``deepspeed.zero.Init(module=...)``), so the device never holds the whole model; buffers (small)
+    move to ``info.device`` whole."""
     import deepspeed
 
     # zero.Init reads the world size from DeepSpeed's comm layer: hand it our process group first.
     deepspeed.init_distributed(dist_backend=info.backend, auto_mpi_discovery=False, dist_init_required=False)
-    with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg.trainer, info.world_size)):
-        return task.build_model()
+    for buffer in model.buffers():
+        buffer.data = buffer.data.to(info.device)
+    deepspeed.zero.Init(module=model, config_dict_or_path=deepspeed_config(cfg.trainer, info.world_size))
+    return model
 
 
 def build_engine(model: nn.Module, cfg: TrainConfig, info: DistInfo):
-    """The DeepSpeed engine for ``model`` (placed on ``info.device``) with our LR schedule."""
+    """The DeepSpeed engine for ``model`` (from ``runtime.parallelize``: on ``info.device``, or in host
+    memory under ZeRO-3) with our LR schedule."""
     import deepspeed
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel("WARNING")
     t = cfg.trainer
+    if t.zero_stage == 3:
+        model = partition_zero3(model, cfg, info)
     schedule = functools.partial(
         lr_lambda, warmup_steps=t.warmup_steps, max_steps=t.max_steps, min_lr_ratio=t.min_lr_ratio
     )
@@ -296,7 +277,7 @@ def build_engine(model: nn.Module, cfg: TrainConfig, info: DistInfo):
             params, lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"], weight_decay=opt["weight_decay"]
         )
     engine, _, _, _ = deepspeed.initialize(
-        model=model if t.zero_stage == 3 else model.to(info.device),
+        model=model,
         model_parameters=params,
         optimizer=optimizer,
         config=ds_config,
@@ -475,11 +456,12 @@ def train_step(
 
 
 def eval_media(engine, task: Any, batch: Any) -> dict[str, Any]:
-    """``task.eval_media`` on every rank (ZeRO-3 gathers parameters collectively), in eval mode."""
+    """``task.eval_media`` on every rank (ZeRO-3 gathers parameters collectively), in eval mode. The
+    task gets the plain model (``engine.module``): it may call any of its methods, not only forward."""
     engine.eval()
     try:
         with torch.no_grad():
-            return task.eval_media(engine, batch)
+            return task.eval_media(engine.module, batch)
     finally:
         engine.train()
 
@@ -514,9 +496,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> int:
     # Same seed on every rank: identical initial weights (DeepSpeed also broadcasts rank 0's).
     torch.manual_seed(t.seed)
     task = resolve_task_class(cfg.task)(cfg.model, cfg)
-    model = build_model(task, cfg, info)
-    if t.activation_checkpointing:
-        apply_activation_checkpointing(model_blocks(task, model), list(t.checkpoint_blocks))
+    # ZeRO-3 materialises in host memory: DeepSpeed then moves only each rank's shard to the device.
+    model = parallelize(task, t, info.device, init_device="cpu" if t.zero_stage == 3 else info.device)
     engine = build_engine(model, cfg, info)
 
     state = _resume(engine, run_dir, info)

@@ -1,5 +1,5 @@
 """What a training run has produced, for the stages after it: the step of its exported weights,
-and the one way to load its model (``load_trained``)."""
+whether the run is finished (``is_complete``), and the one way to load its model (``load_trained``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from torch import nn
 
 from runtime import checkpoint as ckpt
 from runtime.checkpoint import WEIGHTS
-from runtime.train import load_train_config, resolve_task_class
+from runtime.parallelize import apply_attention_backend, build_on_meta, materialize
+from runtime.train import TrainConfig, load_train_config, resolve_task_class
 
 
 def trained_step(run_dir: str | os.PathLike) -> int | None:
@@ -25,6 +26,12 @@ def trained_step(run_dir: str | os.PathLike) -> int | None:
     with safe_open(str(path), framework="pt") as f:
         step = (f.metadata() or {}).get("step")
     return int(step) if step is not None else None
+
+
+def is_complete(cfg: TrainConfig) -> bool:
+    """Whether the run of the training config ``cfg`` is finished: its exported weights are of step
+    ``trainer.max_steps``."""
+    return trained_step(cfg.run_dir) == cfg.trainer.max_steps
 
 
 def load_trained(
@@ -41,10 +48,13 @@ def load_trained(
     run_dir = Path(run_dir)
     cfg = load_train_config(run_dir / "config.yaml")
     task = resolve_task_class(cfg.task)(cfg.model, cfg)
-    model = task.build_model()
+    # The path training takes: built on meta, given memory and initialised on the device (which
+    # also sets the buffers a state dict does not hold), attention resolved for the device.
+    model = materialize(build_on_meta(task), device)
+    apply_attention_backend(model, device)
     exported = run_dir / WEIGHTS
     if exported.is_file():
-        weights = load_file(exported)
+        weights = load_file(exported, device=str(device))
     else:
         latest = ckpt.find_latest(run_dir)
         if latest is None:
@@ -53,4 +63,4 @@ def load_trained(
             )
         weights = ckpt.consolidated_state_dict(latest)
     model.load_state_dict(weights, strict=True)
-    return cfg, task, model.to(device).eval()
+    return cfg, task, model.to(device).eval()  # consolidated checkpoint weights arrive on the CPU

@@ -9,7 +9,11 @@ data range 255, per frame (``tokenizer.metrics``), then the mean over frames and
                             "step": int | null, "date": ISO-8601 UTC, "machine": str,
                             "by_group": {GROUP: {"recon_psnr", "recon_ssim", "clips"}},
                             "codebook_usage" / "codebook_perplexity" (FSQ tokenizers only)}
-    out_dir/recon.mp4      side by side, original | reconstruction, a few clips one after another
+    out_dir/recon.mp4      side by side, original | reconstruction, a few clips one after another, at
+                           the frame rate the first clip's metadata records (else ``fps``)
+
+(file names: ``METRICS_FILE``, ``RECON_VIDEO``); ``is_complete(run_dir, out_dir)`` says whether they
+are of the tokenizer run's current weights.
 
 Which clips: those of ``split`` in the shards, grouped by the folder their source video lies in
 (``breakout``, ``pong``, ``natural``...: ``source_group``), ranked within each group by a hash of
@@ -39,12 +43,17 @@ import numpy as np
 import torch
 
 from pipeline.loader import LoaderConfig, make_loader
+from pipeline.shards import clip_fps
 from runtime.config import load_config
 from runtime.files import atomic_write_bytes, atomic_write_text
 from runtime.progress import Progress
 from runtime.video import encode_mp4
 from tokenizer.export import load_tokenizer
 from tokenizer.metrics import codebook_usage, from_uint8, psnr, ssim, to_uint8
+
+# The files this stage writes into its output folder.
+METRICS_FILE = "metrics.json"
+RECON_VIDEO = "recon.mp4"
 
 
 @dataclasses.dataclass
@@ -61,7 +70,26 @@ class TokenizerEvalConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     chunk_frames: int | None = None  # stream long clips through the tokenizer this many frames at a time
-    fps: float = 15.0
+    fps: float = 15.0  # recon.mp4's rate when the clips' metadata records none (curated clips do)
+
+
+def is_complete(run_dir: str | os.PathLike, output: str | os.PathLike) -> bool:
+    """Whether ``output`` holds an evaluation of the tokenizer run ``run_dir`` as it is now: its
+    ``metrics.json`` is of the step of the run's exported weights, and ``recon.mp4`` is there."""
+    from runtime.trained import trained_step  # here: it imports the training runtime
+
+    out = Path(output)
+    try:
+        metrics = json.loads((out / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    step = trained_step(run_dir)
+    return (
+        step is not None
+        and isinstance(metrics, dict)
+        and metrics.get("step") == step
+        and (out / RECON_VIDEO).is_file()
+    )
 
 
 def machine_name() -> str:
@@ -241,8 +269,10 @@ def evaluate_tokenizer(
     # Clips of other sizes cannot share one video stream: show those of the first clip's size.
     size = shown[0].shape[1:]
     video_frames = np.concatenate([v for v in shown if v.shape[1:] == size])
-    atomic_write_bytes(out / "recon.mp4", encode_mp4(np.ascontiguousarray(video_frames), fps=fps))
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    # It plays at the rate its first clip (the first chosen) was curated at.
+    video_fps = clip_fps(chosen[0]["meta"], fps)
+    atomic_write_bytes(out / RECON_VIDEO, encode_mp4(np.ascontiguousarray(video_frames), fps=video_fps))
+    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -267,8 +297,8 @@ def cli(config_path: str | None, overrides: list[str]) -> int:
         return 1
     print(
         f"tokenizer eval: recon_psnr {m['recon_psnr']:.2f} dB, recon_ssim {m['recon_ssim']:.4f} at "
-        f"{m['resolution']} on {m['clips']} {m['split']} clips\n  {Path(cfg.output) / 'metrics.json'}\n"
-        f"  {Path(cfg.output) / 'recon.mp4'}",
+        f"{m['resolution']} on {m['clips']} {m['split']} clips\n  {Path(cfg.output) / METRICS_FILE}\n"
+        f"  {Path(cfg.output) / RECON_VIDEO}",
         flush=True,
     )
     return 0

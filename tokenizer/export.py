@@ -11,9 +11,9 @@ An exported tokenizer is a folder holding exactly:
 so a reader sees no folder or the complete one.
 
 ``load_tokenizer(path)`` accepts that folder; a training run folder of ``vidworld train`` with
-``task: tokenizer`` (its ``config.yaml`` ``model:`` section and the ``model.safetensors`` the
-runtime exports at the end: the ``TokenizerObjective`` state, whose ``tokenizer.*`` entries are
-the tokenizer); or a folder holding an export as ``export/``.
+``task: tokenizer``, loaded through ``runtime.trained.load_trained`` (the one loader of a run's
+model: its ``model.safetensors``, or its newest checkpoint while it has none) and unwrapped from the
+``TokenizerObjective``; or a folder holding an export as ``export/``.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from runtime.checkpoint import WEIGHTS
 from tokenizer.config import TokenizerConfig
 from tokenizer.model import CausalVideoTokenizer, build_tokenizer
 
 FORMAT = "vidworld-tokenizer"
 VERSION = 1
-WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 RUN_CONFIG = "config.yaml"  # a training run folder's resolved config (runtime.train)
 
@@ -80,13 +80,25 @@ def save_tokenizer(
     return final
 
 
-def _find_export(path: Path) -> Path:
-    """The folder holding the weights: ``path`` itself (export or run folder) or ``path/export``."""
-    if (path / WEIGHTS).is_file() and ((path / CONFIG).is_file() or (path / RUN_CONFIG).is_file()):
-        return path
-    if (path / "export" / WEIGHTS).is_file():
-        return path / "export"
-    if (path / RUN_CONFIG).is_file():
+def _is_export(folder: Path) -> bool:
+    return (folder / WEIGHTS).is_file() and (folder / CONFIG).is_file()
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / RUN_CONFIG).is_file() and not (folder / CONFIG).is_file()
+
+
+def weights_file(path: str | os.PathLike) -> Path:
+    """The weights file ``load_tokenizer(path)`` reads: an export's, a finished run's, or ``export/``'s.
+
+    ``FileNotFoundError`` (saying what is expected) when there is none, e.g. a run still training.
+    """
+    path = Path(path)
+    if _is_export(path) or (_is_run(path) and (path / WEIGHTS).is_file()):
+        return path / WEIGHTS
+    if _is_export(path / "export"):
+        return path / "export" / WEIGHTS
+    if _is_run(path):
         raise FileNotFoundError(
             f"run folder {str(path)!r} has no {WEIGHTS} yet: the runtime writes it when training ends "
             "(trainer.export_weights=true); or export a checkpoint with runtime.checkpoint.export_weights"
@@ -98,37 +110,41 @@ def _find_export(path: Path) -> Path:
     )
 
 
-def _read_config(folder: Path) -> tuple[TokenizerConfig, str]:
-    """(config, prefix of the tokenizer's weights in the state dict) of an export or run folder."""
-    if (folder / CONFIG).is_file():
-        meta = json.loads((folder / CONFIG).read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{folder / CONFIG}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-        if int(meta.get("version", 0)) > VERSION:
-            raise ValueError(
-                f"{folder / CONFIG}: format version {meta['version']} is newer than this vidworld reads "
-                f"({VERSION}); upgrade vidworld"
-            )
-        return TokenizerConfig.from_dict(_model_fields(meta["model"])), ""
-    from omegaconf import OmegaConf
-
-    run = OmegaConf.to_container(OmegaConf.load(folder / RUN_CONFIG), resolve=True)
-    task = run.get("task") if isinstance(run, dict) else None
-    if task not in ("tokenizer", "tokenizer.task:TokenizerTask"):
+def _read_config(folder: Path) -> TokenizerConfig:
+    """The tokenizer config of an export folder."""
+    meta = json.loads((folder / CONFIG).read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{folder / CONFIG}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if int(meta.get("version", 0)) > VERSION:
         raise ValueError(
-            f"{folder / RUN_CONFIG}: a run of task {task!r}, not a tokenizer run (task: tokenizer)"
+            f"{folder / CONFIG}: format version {meta['version']} is newer than this vidworld reads "
+            f"({VERSION}); upgrade vidworld"
         )
-    return TokenizerConfig.from_dict(_model_fields(dict(run.get("model") or {}))), "tokenizer."
+    return TokenizerConfig.from_dict(_model_fields(meta["model"]))
+
+
+def _load_run(folder: Path, device: torch.device | str) -> CausalVideoTokenizer:
+    """The tokenizer of a training run folder, out of the run's ``TokenizerObjective``."""
+    from runtime.trained import load_trained  # here: it imports the training runtime
+
+    cfg, _, model = load_trained(folder, device)
+    tok = getattr(model, "tokenizer", None)
+    if not isinstance(tok, CausalVideoTokenizer):
+        raise ValueError(
+            f"{folder / RUN_CONFIG}: a run of task {cfg.task!r}, not a tokenizer run (task: tokenizer)"
+        )
+    return tok.eval()
 
 
 def load_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu") -> CausalVideoTokenizer:
-    """Load an exported tokenizer (or a tokenizer run folder's weights) in eval mode on ``device``."""
-    folder = _find_export(Path(path))
-    cfg, prefix = _read_config(folder)
-    model = build_tokenizer(cfg, device=device, meta=True)
+    """Load an exported tokenizer (or a tokenizer run folder's model) in eval mode on ``device``."""
+    path = Path(path)
+    # A run without model.safetensors yet (and no export/) loads from its newest checkpoint.
+    if _is_run(path) and ((path / WEIGHTS).is_file() or not _is_export(path / "export")):
+        return _load_run(path, device)
+    folder = weights_file(path).parent
+    model = build_tokenizer(_read_config(folder), device=device, meta=True)
     state = load_file(str(folder / WEIGHTS), device=str(device))
-    if prefix:
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -33,7 +33,7 @@ class VideoTokenizer(Protocol):
 
     @property
     def is_discrete(self) -> bool:
-        """True for FSQ tokenizers (which also have ``encode_indices`` / ``decode_indices``)."""
+        """True for FSQ tokenizers (``indices_to_codes`` / ``codes_to_indices`` need one)."""
         ...
 
     @property
@@ -56,4 +56,13 @@ class VideoTokenizer(Protocol):
 
     def decode(self, z: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
         """``[B, C, T', h, w]`` -> ``[B, 3, T, H, W]`` in [-1, 1]; ``chunk_frames`` streams."""
+        ...
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """Discrete only: FSQ indices ``[B, T', h, w]`` long -> float32 latents ``[B, C, T', h, w]``
+        (what ``decode`` takes; what a latent error over indices compares)."""
+        ...
+
+    def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
+        """Discrete only: latents ``[B, C, T', h, w]`` on the FSQ grid -> indices ``[B, T', h, w]`` long."""
         ...

@@ -61,13 +61,17 @@ class PerceptualLoss:
                 f"perceptual network {str(p)!r} not found; set loss.perceptual_path to a torch.export "
                 "(.pt2) file, or to '' to turn the perceptual term off (nothing is downloaded)"
             )
-        self.net = torch.export.load(str(p)).module()
-        for param in self.net.parameters():
-            param.requires_grad_(False)
+        self.path = p
+        # Loaded at first use: the objective may be built on the meta device, this network never is.
+        self.net: nn.Module | None = None
         self._device: torch.device | None = None
 
     def __call__(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Videos ``[B, 3, T, H, W]`` in [-1, 1] -> scalar."""
+        if self.net is None:
+            self.net = torch.export.load(str(self.path)).module()
+            for param in self.net.parameters():
+                param.requires_grad_(False)
         if self._device != recon.device:
             self.net = self.net.to(recon.device)
             self._device = recon.device

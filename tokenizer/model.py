@@ -32,10 +32,7 @@ def _stage_plan(cfg: TokenizerConfig) -> list[tuple[int, bool, bool]]:
     n_t = int(math.log2(cfg.temporal_compression))
     n = max(n_s, n_t)
     mults = cfg.channel_multipliers
-    return [
-        (cfg.base_channels * mults[min(i, len(mults) - 1)], i < n_s, i >= n - n_t)
-        for i in range(n)
-    ]
+    return [(cfg.base_channels * mults[min(i, len(mults) - 1)], i < n_s, i >= n - n_t) for i in range(n)]
 
 
 class Encoder(nn.Module):
@@ -140,32 +137,16 @@ class CausalVideoTokenizer(nn.Module):
         )
         self.encoder = Encoder(cfg, self.bottleneck.in_channels)
         self.decoder = Decoder(cfg, self.bottleneck.latent_channels)
+        # The sizes of tokenizer.interface.VideoTokenizer, fixed once the model is built.
+        self.temporal_compression: int = cfg.temporal_compression
+        self.spatial_compression: int = cfg.spatial_compression
+        self.latent_channels: int = self.bottleneck.latent_channels
+        self.is_discrete: bool = self.bottleneck.is_discrete
+        fsq = self.bottleneck if isinstance(self.bottleneck, FSQuantizer) else None
+        self.codebook_size: int | None = fsq.codebook_size if fsq is not None else None
+        self.levels: list[int] | None = list(fsq.levels) if fsq is not None else None
 
-    # ----- the interface the dynamics model uses -----
-    @property
-    def temporal_compression(self) -> int:
-        return self.cfg.temporal_compression
-
-    @property
-    def spatial_compression(self) -> int:
-        return self.cfg.spatial_compression
-
-    @property
-    def latent_channels(self) -> int:
-        return self.bottleneck.latent_channels
-
-    @property
-    def is_discrete(self) -> bool:
-        return self.bottleneck.is_discrete
-
-    @property
-    def codebook_size(self) -> int | None:
-        return self.bottleneck.codebook_size if isinstance(self.bottleneck, FSQuantizer) else None
-
-    @property
-    def levels(self) -> list[int] | None:
-        return list(self.bottleneck.levels) if isinstance(self.bottleneck, FSQuantizer) else None
-
+    # ----- the interface the dynamics model uses (tokenizer.interface.VideoTokenizer) -----
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C_lat, 1 + (T-1)/t, H/s, W/s)`` for a video of ``T x H x W``; raises on invalid sizes."""
         self._check_size(frames, height, width, "video")
@@ -185,12 +166,14 @@ class CausalVideoTokenizer(nn.Module):
         return torch.cat(list(self.stream_encode(chunks)), dim=2)
 
     def decode(self, z: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
-        """Latent ``[B, C_lat, 1 + k, h, w]`` -> video ``[B, 3, 1 + k*t, h*s, w*s]``, clamped to [-1, 1].
+        """Latent ``[B, C_lat, 1 + k, h, w]`` (any float dtype) -> video ``[B, 3, 1 + k*t, h*s, w*s]``
+        in the model's dtype, clamped to [-1, 1].
 
         ``chunk_frames=N`` (video frames per chunk, a multiple of the temporal compression)
         streams the decode ``N / t`` latent frames at a time.
         """
         self._check_latent(z)
+        z = z.to(self.decoder.conv_in.conv.weight.dtype)  # float32 codes into a bf16 model, say
         if chunk_frames is None:
             return self.decoder(z).clamp(-1.0, 1.0)
         n = self._check_chunk(chunk_frames, "decode") // self.temporal_compression
@@ -199,12 +182,21 @@ class CausalVideoTokenizer(nn.Module):
 
     def encode_indices(self, video: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
         """FSQ only: ``[B, 3, T, H, W]`` -> indices ``[B, 1 + (T-1)/t, H/s, W/s]`` int64."""
-        return self._fsq("encode_indices").codes_to_indices(self.encode(video, chunk_frames))
+        self._fsq("encode_indices")
+        return self.codes_to_indices(self.encode(video, chunk_frames))
 
     def decode_indices(self, indices: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
         """FSQ only: indices ``[B, 1 + k, h, w]`` -> video ``[B, 3, 1 + k*t, h*s, w*s]``."""
-        codes = self._fsq("decode_indices").indices_to_codes(indices)
-        return self.decode(codes.to(self.decoder.conv_in.conv.weight.dtype), chunk_frames)
+        return self.decode(self.indices_to_codes(indices), chunk_frames)
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """FSQ only: indices ``[B, T', h, w]`` long -> float32 codes ``[B, C_lat, T', h, w]`` (the
+        latents ``encode`` gives and ``decode`` takes)."""
+        return self._fsq("indices_to_codes").indices_to_codes(indices)
+
+    def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
+        """FSQ only: codes ``[B, C_lat, T', h, w]`` (what ``encode`` gives) -> indices ``[B, T', h, w]``."""
+        return self._fsq("codes_to_indices").codes_to_indices(codes)
 
     # ----- streaming -----
     @torch.no_grad()

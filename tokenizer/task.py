@@ -21,10 +21,12 @@ import torch
 from torch import nn
 
 from pipeline.loader import ClipLoader, LoaderConfig, make_loader
+from pipeline.shards import clip_fps
+from runtime.video import VideoClip
 from tokenizer.config import TokenizerConfig
 from tokenizer.losses import TokenizerObjective
 from tokenizer.metrics import codebook_usage, from_uint8, psnr, ssim, to_uint8
-from tokenizer.model import CausalVideoTokenizer, build_tokenizer
+from tokenizer.model import CausalVideoTokenizer
 
 
 @dataclass
@@ -71,13 +73,11 @@ class TokenizerTask:
         self._loader: ClipLoader | None = None
 
     def build_model(self) -> nn.Module:
-        """``TokenizerObjective`` on CPU, initialised (the runtime places and wraps it)."""
-        objective = TokenizerObjective(build_tokenizer(self.cfg.tokenizer_config()), self.cfg.loss)
-        objective.init_weights()
-        return objective
+        """``TokenizerObjective``, constructed only (the runtime places it and calls ``init_weights``)."""
+        return TokenizerObjective(CausalVideoTokenizer(self.cfg.tokenizer_config()), self.cfg.loss)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
-        return _tokenizer(model).blocks()
+        return model.tokenizer.blocks()
 
     # -- data --------------------------------------------------------------------------------
     def prepare(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -108,7 +108,8 @@ class TokenizerTask:
         generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
         while True:
             for batch in self._loader:
-                yield {"video": self.prepare(batch["frames"], generator)}
+                fps = clip_fps((batch.get("meta") or [{}])[0])  # the first clip's rate, for eval videos
+                yield {"video": self.prepare(batch["frames"], generator), "fps": fps}
 
     def loader_state(self) -> dict:
         return self._loader.state_dict() if self._loader is not None else {}
@@ -134,8 +135,8 @@ class TokenizerTask:
     def eval_media(self, model: nn.Module, batch: Any) -> dict[str, Any]:
         """Protocol PSNR/SSIM (uint8, per frame, mean) of decode(encode(clip)) over the batch, FSQ
         code usage, and ``eval/reconstruction``: the first clip, original | reconstruction side by
-        side, uint8 ``[T, H, 2W, 3]``."""
-        tok = _tokenizer(model)
+        side, uint8 ``[T, H, 2W, 3]``, a ``VideoClip`` at the clip's fps when the batch has it."""
+        tok: CausalVideoTokenizer = model.tokenizer
         p = next(iter(tok.parameters()))
         video = batch["video"].to(device=p.device, dtype=p.dtype)
         z = tok.encode(video)
@@ -144,19 +145,12 @@ class TokenizerTask:
         out: dict[str, Any] = {
             "eval/recon_psnr": psnr(orig8, recon8),
             "eval/recon_ssim": ssim(orig8, recon8),
-            "eval/reconstruction": torch.cat([orig8[0], recon8[0]], dim=2).numpy(),
         }
+        side_by_side = torch.cat([orig8[0], recon8[0]], dim=2).numpy()
+        fps = batch.get("fps")
+        out["eval/reconstruction"] = side_by_side if fps is None else VideoClip(side_by_side, fps)
         if tok.is_discrete:
-            usage = codebook_usage(tok.bottleneck.codes_to_indices(z).cpu(), tok.codebook_size or 1)
+            usage = codebook_usage(tok.codes_to_indices(z).cpu(), tok.codebook_size or 1)
             out["eval/codebook_usage"] = usage["usage"]
             out["eval/codebook_perplexity"] = usage["perplexity"]
         return out
-
-
-def _tokenizer(model: nn.Module) -> CausalVideoTokenizer:
-    """The tokenizer inside the (possibly DeepSpeed-wrapped) objective."""
-    inner = getattr(model, "module", model)
-    tok = getattr(inner, "tokenizer", inner)
-    if not isinstance(tok, CausalVideoTokenizer):
-        raise TypeError(f"expected a TokenizerObjective (or its engine), got {type(model).__name__}")
-    return tok

@@ -13,7 +13,10 @@ and a rerun skips shards already written). Each output sample keeps the clip's k
 Latent frame 0 codes source frame 0 alone; latent frame i > 0 codes source frames
 ``1 + (i-1)*t .. i*t`` (``t`` = temporal compression). The folder gets ``manifest.jsonl`` (one row
 per input shard: ``source``, ``status``, ``reason``, ``clips``, ``corrupt``) and ``stats.json``
-(totals, the tokenizer, ``complete``), like curation's.
+(totals, the tokenizer, ``latent_shape``, ``latent_std``, the ``fingerprint`` of the tokenizer
+weights and settings, ``complete``), like curation's. ``is_complete(cfg)`` says whether a folder holds
+this job's finished output; ``latent_geometry(folder)`` reads the dynamics model's side of the
+tokenizer seam from the stats.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import tarfile
 import time
@@ -32,8 +36,8 @@ import torch
 
 from pipeline.curate import iter_shard
 from pipeline.loader import resolve_shards
-from pipeline.manifest import write_manifest
-from pipeline.shards import SHARD_PATTERN, add_sample
+from pipeline.manifest import MANIFEST_FILE, STATS_FILE, read_stats, write_manifest
+from pipeline.shards import SHARD_PATTERN, SHARDS_DIR, add_sample, shard_paths
 from runtime.files import atomic_open, atomic_write_text
 from runtime.progress import Progress
 from runtime.stage import stage_cli
@@ -74,12 +78,54 @@ def tokenizer_info(tok: Any, path: str) -> dict[str, Any]:
 
 def _fingerprint(cfg: TokenizeConfig) -> str:
     """The tokenizer weights (by size and mtime) and the settings that change latents."""
-    from tokenizer.export import WEIGHTS, _find_export
+    from tokenizer.export import weights_file
 
-    weights = _find_export(Path(cfg.tokenizer)) / WEIGHTS
+    weights = weights_file(cfg.tokenizer)
     st = weights.stat()
     text = json.dumps([str(weights.resolve()), st.st_size, st.st_mtime_ns, cfg.chunk_frames])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def is_complete(cfg: TokenizeConfig) -> bool:
+    """Whether ``cfg.output`` holds this job's finished output: the stats say complete, were made with
+    this tokenizer's weights as they are now and these settings, and every shard they count is there."""
+    out = Path(cfg.output)
+    try:
+        stats = read_stats(out / STATS_FILE)
+        fingerprint = _fingerprint(cfg)
+    except (OSError, ValueError):
+        return False
+    return (
+        bool(stats.get("complete"))
+        and stats.get("fingerprint") == fingerprint
+        and all(p.is_file() for p in shard_paths(out, int(stats.get("shards", -1))))
+    )
+
+
+def latent_geometry(folder: str | os.PathLike) -> dict[str, Any]:
+    """The dynamics model's config keys that follow from the latents in ``folder`` (this job's
+    output): ``temporal_compression``, ``head`` (``maskgit`` for FSQ indices, ``diffusion`` for
+    continuous latents), ``codebook_size`` or ``latent_channels``, ``latent_height`` and
+    ``latent_width`` (latent cells), and ``latent_scale`` (1 / the latents' std, continuous only).
+    Empty when the folder has no stats yet."""
+    try:
+        stats = read_stats(Path(folder) / STATS_FILE)
+    except FileNotFoundError:
+        return {}
+    tok, shape = stats.get("tokenizer") or {}, stats.get("latent_shape")
+    geo: dict[str, Any] = {}
+    if tok:
+        geo["temporal_compression"] = tok["temporal_compression"]
+        geo["head"] = "maskgit" if tok["is_discrete"] else "diffusion"
+        if tok["is_discrete"]:
+            geo["codebook_size"] = tok["codebook_size"]
+        else:
+            geo["latent_channels"] = tok["latent_channels"]
+    if shape:  # [T', h, w] (indices) or [T', C, h, w] (latents)
+        geo["latent_height"], geo["latent_width"] = shape[-2], shape[-1]
+    if stats.get("latent_std"):
+        geo["latent_scale"] = round(1.0 / max(float(stats["latent_std"]), 1e-6), 6)
+    return geo
 
 
 class ShardEncoder:
@@ -182,7 +228,7 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     sources = resolve_shards(cfg.input)
     out = Path(cfg.output)
-    shard_dir = out / "shards"
+    shard_dir = out / SHARDS_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(cfg)
     stamp = out / "tokenizer.json"
@@ -223,7 +269,7 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
             progress.update(1, clips=row["clips"])
         progress.close()
     rows = [json.loads((rows_dir / f"{i:06d}.json").read_text()) for i in range(len(sources))]
-    write_manifest(rows, out / "manifest.jsonl")
+    write_manifest(rows, out / MANIFEST_FILE)
     tok_info = next((r["tokenizer"] for r in rows if r.get("tokenizer")), None)
     count = sum(r.get("latent_count", 0) for r in rows)
     latent_std = None
@@ -242,10 +288,10 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
         "latent_std": latent_std,  # continuous latents: the dynamics model's latent_scale is 1 / this
         "fingerprint": fingerprint,
     }
-    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, sort_keys=True))
+    atomic_write_text(out / STATS_FILE, json.dumps(stats, indent=2, sort_keys=True))
     print(
         f"tokenize: {stats['clips']} clips in {len(sources)} shards in {time.monotonic() - t0:.1f} s\n"
-        f"  shards: {shard_dir}/shard-*.tar\n  stats:  {out / 'stats.json'}",
+        f"  shards: {shard_dir}/shard-*.tar\n  stats:  {out / STATS_FILE}",
         flush=True,
     )
     return stats

@@ -12,8 +12,10 @@ network; ``build_workspace`` turns them into ``wandb_workspaces`` objects (the o
 - ``RUNTIME_TRAIN_KEYS``: what the shared runtime (runtime/train.py) logs for every model, against
   ``train/step`` (runtime/tracking.py). A task's own loss terms (``train/rec``, ``train/kl``...)
   are logged too and drawn by one regex panel (``TASK_TERMS_REGEX``), so a new term needs no edit.
-- ``PUBLISHED_KEYS``: what ``publish`` logs from the output folder (layout in vidworld/report.py),
-  the report's headline figures (``headline/*``, ``vidworld.report.HEADLINE_SCALARS``) included.
+- ``PUBLISHED_KEYS``: what ``publish`` logs from the output folder (``vidworld.layout``), the
+  report's headline figures (``headline/*``, ``vidworld.report.HEADLINE_SCALARS``) included. The
+  evaluation's keys among them (``compounding/*`` against ``HORIZON_KEY``, its table, figure and
+  rollout video) are ``dynamics.evaluate``'s, the stage that logs them first.
 
 Without ``WANDB_API_KEY`` nothing can be saved to W&B; the local report (``vidworld report DIR``,
 ``DIR/report.html``) shows the same figures.
@@ -30,10 +32,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dynamics.evaluate import (
+    ACTION_CSV,
+    ACTION_KEY,
+    COMPOUNDING_CSV,
+    COMPOUNDING_FIGURE,
+    COMPOUNDING_KEYS,
+    COMPOUNDING_PREFIX,
+    COMPOUNDING_TABLE_KEY,
+    FIGURE_KEY,
+    HORIZON_KEY,
+    ROLLOUT_VIDEO,
+    ROLLOUT_VIDEO_KEY,
+)
+from dynamics.verdict import COMPOUNDING_COLUMNS
 from runtime.config import ConfigError, load_config, load_yaml
-from runtime.tracking import WandbConfig
+from runtime.tracking import Table, WandbConfig, open_run, wandb_media
+from tokenizer.evaluate import METRICS_FILE, RECON_VIDEO
+from vidworld.layout import OutputLayout
 from vidworld.report import (
-    COMPOUNDING_COLUMNS,
     HEADLINE_SCALARS,
     headline_scalars,
     read_csv_rows,
@@ -59,12 +76,12 @@ TASK_TERMS_REGEX = (
     "^train/(?!(" + "|".join(re.escape(k[6:]) for k in (STEP_KEY, *RUNTIME_TRAIN_KEYS)) + ")$).+$"
 )
 
-HORIZON_KEY = "compounding/horizon"  # x axis of the per-horizon curves (frames after the context)
-COMPOUNDING_KEYS = tuple(f"compounding/{c}" for c in COMPOUNDING_COLUMNS if c != "horizon")
-ACTION_KEY = "compounding/action_sensitivity_psnr"
+# The evaluation's keys (HORIZON_KEY, COMPOUNDING_KEYS, ACTION_KEY, the eval/ media and table) are
+# dynamics.evaluate's, which logs them too; the others below are publish's own.
 EVAL_SCALAR_KEYS = ("eval/recon_psnr", "eval/recon_ssim")  # dB; 0..1; held-out clips
-MEDIA_KEYS = ("eval/recon_video", "eval/rollout_video", "eval/compounding_error_figure")
-TABLE_KEYS = ("eval/compounding_error", "data/clips_filtered", "data/inputs_not_ok")
+RECON_VIDEO_KEY = "eval/recon_video"
+MEDIA_KEYS = (RECON_VIDEO_KEY, ROLLOUT_VIDEO_KEY, FIGURE_KEY)
+TABLE_KEYS = (COMPOUNDING_TABLE_KEY, "data/clips_filtered", "data/inputs_not_ok")
 # What report.html opens with, as numbers (1/0 for the yes/no ones); units in vidworld/report.py.
 HEADLINE_KEYS = tuple(f"headline/{n}" for n in HEADLINE_SCALARS)
 DATA_SCALAR_KEYS = (
@@ -133,13 +150,13 @@ def dashboard_spec() -> tuple[SectionSpec, ...]:
             (
                 PanelSpec("scalar", "recon PSNR (dB)", ("eval/recon_psnr",)),
                 PanelSpec("scalar", "recon SSIM", ("eval/recon_ssim",)),
-                PanelSpec("media", "original | reconstruction", ("eval/recon_video",)),
+                PanelSpec("media", "original | reconstruction", (RECON_VIDEO_KEY,)),
             ),
         ),
         SectionSpec(
             "Dynamics: imagined vs real, compounding error",
             (
-                PanelSpec("media", "rollout: imagined beside the truth", ("eval/rollout_video",)),
+                PanelSpec("media", "rollout: imagined beside the truth", (ROLLOUT_VIDEO_KEY,)),
                 line(
                     "PSNR against horizon (dB)",
                     "compounding/model_psnr",
@@ -156,8 +173,8 @@ def dashboard_spec() -> tuple[SectionSpec, ...]:
                     log_y=True,
                 ),
                 line("action sensitivity (dB) against horizon", ACTION_KEY, x=HORIZON_KEY),
-                PanelSpec("table", "compounding error", ("eval/compounding_error",)),
-                PanelSpec("media", "compounding error figure", ("eval/compounding_error_figure",)),
+                PanelSpec("table", "compounding error", (COMPOUNDING_TABLE_KEY,)),
+                PanelSpec("media", "compounding error figure", (FIGURE_KEY,)),
             ),
         ),
         SectionSpec(
@@ -230,8 +247,9 @@ def published_metrics(output_dir: str | Path) -> dict[str, Any]:
     (``{"columns": [...], "data": [[...]]}``); per-horizon curves under ``HORIZON_KEY`` as a list of
     row dicts. Missing files are left out. Keys are those of ``PUBLISHED_KEYS``."""
     root = Path(output_dir)
+    layout = OutputLayout.of(root)
     out: dict[str, Any] = {}
-    stats_path = root / "curated" / "stats.json"
+    stats_path = layout.curated / "stats.json"
     if stats_path.is_file():
         s = json.loads(stats_path.read_text())
         for k in ("inputs", "clips", "shards", "source_seconds", "clip_seconds"):
@@ -244,41 +262,41 @@ def published_metrics(output_dir: str | Path) -> dict[str, Any]:
             "columns": ["reason", "clips"],
             "data": [[r, int(n)] for r, n in (s.get("clips_filtered") or {}).items()],
         }
-    manifest = root / "curated" / "manifest.jsonl"
+    manifest = layout.curated / "manifest.jsonl"
     if manifest.is_file():
         rows = read_jsonl(manifest)
         out["data/inputs_not_ok"] = {
             "columns": ["source", "status", "reason"],
             "data": [[r["source"], r["status"], r.get("reason", "")] for r in rows if r["status"] != "ok"],
         }
-    tok = root / "tokenizer" / "eval" / "metrics.json"
+    tok = layout.tokenizer_eval / METRICS_FILE
     if tok.is_file():
         m = json.loads(tok.read_text())
         for k in ("recon_psnr", "recon_ssim"):
             if k in m:
                 out[f"eval/{k}"] = float(m[k])
     for key, path in (
-        ("eval/recon_video", root / "tokenizer" / "eval" / "recon.mp4"),
-        ("eval/rollout_video", root / "eval" / "rollout.mp4"),
-        ("eval/compounding_error_figure", root / "eval" / "compounding_error.png"),
+        (RECON_VIDEO_KEY, layout.tokenizer_eval / RECON_VIDEO),
+        (ROLLOUT_VIDEO_KEY, layout.eval / ROLLOUT_VIDEO),
+        (FIGURE_KEY, layout.eval / COMPOUNDING_FIGURE),
     ):
         if path.is_file():
             out[key] = path
     curve: dict[int, dict[str, float]] = {}
-    for csv_name in ("compounding_error.csv", "action_sensitivity.csv"):
-        path = root / "eval" / csv_name
+    for csv_name in (COMPOUNDING_CSV, ACTION_CSV):
+        path = layout.eval / csv_name
         if path.is_file():
             rows = read_csv_rows(path)
-            if csv_name == "compounding_error.csv":
+            if csv_name == COMPOUNDING_CSV:
                 cols = list(rows[0]) if rows else list(COMPOUNDING_COLUMNS)
-                out["eval/compounding_error"] = {
+                out[COMPOUNDING_TABLE_KEY] = {
                     "columns": cols,
                     "data": [[r[c] for c in cols] for r in rows],
                 }
             for r in rows:
                 h = int(r["horizon"])
                 curve.setdefault(h, {HORIZON_KEY: float(h)}).update(
-                    {f"compounding/{c}": v for c, v in r.items() if c != "horizon" and math.isfinite(v)}
+                    {COMPOUNDING_PREFIX + c: v for c, v in r.items() if c != "horizon" and math.isfinite(v)}
                 )
     if curve:
         out[HORIZON_KEY] = [curve[h] for h in sorted(curve)]
@@ -292,34 +310,21 @@ def publish(output_dir: str | Path, cfg: WandbConfig, run_name: str = "report") 
     ``cfg.mode`` as in training (online | offline | disabled); offline runs write under
     ``DIR/wandb`` for a later ``wandb sync``.
     """
-    import wandb
-
-    if cfg.mode == "disabled":
+    run = open_run(cfg, output_dir, run_name, job_type="report")
+    if run is None:
         return
-    mode = cfg.mode if os.environ.get("WANDB_API_KEY") or cfg.mode == "offline" else "offline"
     m = published_metrics(output_dir)
-    run = wandb.init(
-        project=cfg.project,
-        entity=cfg.entity,
-        group=cfg.group,
-        name=run_name,
-        job_type="report",
-        tags=list(cfg.tags),
-        mode=mode,
-        dir=str(output_dir),
-        settings=wandb.Settings(console="off", silent=True),
-    )
     try:
         run.define_metric(HORIZON_KEY)
-        run.define_metric("compounding/*", step_metric=HORIZON_KEY)
+        run.define_metric(COMPOUNDING_PREFIX + "*", step_metric=HORIZON_KEY)
         for row in m.pop(HORIZON_KEY, []):
             run.log(row)
         summary: dict[str, Any] = {}
         for k, v in m.items():
             if isinstance(v, Path):
-                summary[k] = wandb.Video(str(v), format="mp4") if v.suffix == ".mp4" else wandb.Image(str(v))
+                summary[k] = wandb_media(v)
             elif isinstance(v, dict):
-                summary[k] = wandb.Table(columns=v["columns"], data=v["data"])
+                summary[k] = wandb_media(Table(v["columns"], v["data"]))
             else:
                 summary[k] = v
         run.log(summary)

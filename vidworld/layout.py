@@ -22,45 +22,32 @@ from pathlib import Path
 
 @dataclasses.dataclass(frozen=True)
 class OutputLayout:
-    """Every folder of one pipeline output folder ``root`` (absolute)."""
+    """Every folder of one pipeline output folder ``root`` (absolute): ``OutputLayout.of(output)``."""
 
     root: Path
+    configs: Path
+    curated: Path
+    tokenizer: Path
+    tokenizer_eval: Path
+    latents: Path
+    dynamics: Path
+    eval: Path
+    report: Path
 
     @classmethod
     def of(cls, output: str | Path) -> OutputLayout:
-        return cls(Path(output).absolute())
-
-    @property
-    def configs(self) -> Path:
-        return self.root / "configs"
-
-    @property
-    def curated(self) -> Path:
-        return self.root / "curated"
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.root / "tokenizer"
-
-    @property
-    def tokenizer_eval(self) -> Path:
-        return self.root / "tokenizer" / "eval"
-
-    @property
-    def latents(self) -> Path:
-        return self.root / "latents"
-
-    @property
-    def dynamics(self) -> Path:
-        return self.root / "dynamics"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.html"
+        r = Path(output).absolute()
+        return cls(
+            root=r,
+            configs=r / "configs",
+            curated=r / "curated",
+            tokenizer=r / "tokenizer",
+            tokenizer_eval=r / "tokenizer" / "eval",
+            latents=r / "latents",
+            dynamics=r / "dynamics",
+            eval=r / "eval",
+            report=r / "report.html",
+        )
 
     def stage_config(self, stage: str) -> Path:
         """``configs/STAGE.yaml``: the resolved config the chain ran the stage with."""

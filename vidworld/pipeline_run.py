@@ -8,24 +8,24 @@ from the command line (``tokenizer.trainer.max_steps=50``). The chain fills in w
 stages (paths under ``output``, the dynamics model's latent geometry from the tokenizer, the W&B
 group) and writes each stage's resolved config to ``output/configs/STAGE.yaml`` before running it.
 
-Output folder (``vidworld.report`` documents every file)::
+Output folder: ``vidworld.layout.OutputLayout`` (``vidworld.report`` documents every file)::
 
     DIR/configs/STAGE.yaml   DIR/curated/   DIR/tokenizer/   DIR/latents/   DIR/dynamics/
     DIR/eval/                DIR/report.html
 
-A stage whose outputs are complete is skipped (checked, not assumed: the curation stats against
-the inputs, the exported weights' step against ``max_steps``, the latent stats' tokenizer
-fingerprint, the evaluation's checkpoint step), so a chain that failed or was killed resumes where
-it stopped. Training stages run as child processes: ``vidworld train`` in-process on one device,
-``torchrun`` for ``train_processes > 1``, or Ray Train (``launcher.kind=ray``) when the chain runs
-under a Ray cluster (``RAY_ADDRESS`` set, as ``ray job submit`` does) and ``train_launcher=auto``.
+A stage whose outputs are complete is skipped. The chain asks the stage (``is_complete`` of
+``pipeline.curate``, ``runtime.trained``, ``tokenizer.evaluate``, ``tokenizer.tokenize`` and
+``dynamics.evaluate``); each checks its own files, not assuming them, so a chain that failed or was
+killed resumes where it stopped. Training stages run as child processes: ``vidworld train``
+in-process on one device, ``torchrun`` for ``train_processes > 1``, or Ray Train
+(``launcher.kind=ray``) when the chain runs under a Ray cluster (``RAY_ADDRESS`` set, as
+``ray job submit`` does) and ``train_launcher=auto``.
 A training stage preempted with exit code 75 stops the chain with 75, so SLURM requeues it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -39,6 +39,7 @@ from omegaconf import OmegaConf
 from runtime.config import ConfigError, load_config, merge_into, save_config
 from runtime.files import atomic_write_text
 from runtime.tracking import WandbConfig
+from vidworld.layout import OutputLayout
 
 STAGES = ("curate", "tokenizer", "tokenize", "dynamics", "evaluate", "report")
 TRAINING_STAGES = ("tokenizer", "dynamics")
@@ -74,22 +75,9 @@ class StageFailed(RuntimeError):
 # Composing each stage's config
 
 
-def _paths(cfg: PipelineConfig) -> dict[str, Path]:
-    out = Path(cfg.output).absolute()
-    return {
-        "out": out,
-        "configs": out / "configs",
-        "curated": out / "curated",
-        "tokenizer": out / "tokenizer",
-        "latents": out / "latents",
-        "dynamics": out / "dynamics",
-        "eval": out / "eval",
-    }
-
-
 def _wandb_for(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     w = dataclasses.asdict(cfg.wandb)
-    w["group"] = w["group"] or Path(cfg.output).absolute().name
+    w["group"] = w["group"] or OutputLayout.of(cfg.output).root.name
     w["name"] = stage
     w["tags"] = sorted(set(w["tags"]) | {stage})
     return w
@@ -103,50 +91,28 @@ def _train_launcher(cfg: PipelineConfig) -> str:
     return cfg.train_launcher
 
 
-def _latent_geometry(latents: Path) -> dict[str, Any]:
-    """The dynamics model's tokenizer seam, read from the latent shards' stats."""
-    stats_path = latents / "stats.json"
-    if not stats_path.is_file():
-        return {}
-    stats = json.loads(stats_path.read_text())
-    tok, shape = stats.get("tokenizer") or {}, stats.get("latent_shape")
-    geo: dict[str, Any] = {}
-    if tok:
-        geo["temporal_compression"] = tok["temporal_compression"]
-        geo["head"] = "maskgit" if tok["is_discrete"] else "diffusion"
-        if tok["is_discrete"]:
-            geo["codebook_size"] = tok["codebook_size"]
-        else:
-            geo["latent_channels"] = tok["latent_channels"]
-    if shape:  # [T', h, w] (indices) or [T', C, h, w] (latents)
-        geo["latent_height"], geo["latent_width"] = shape[-2], shape[-1]
-    if stats.get("latent_std"):
-        geo["latent_scale"] = round(1.0 / max(float(stats["latent_std"]), 1e-6), 6)
-    return geo
-
-
 def compose(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     """The stage's config as a plain dict: its YAML section plus the links the chain sets."""
-    p = _paths(cfg)
+    layout = OutputLayout.of(cfg.output)
     section = getattr(cfg, stage, None)
     base: dict[str, Any] = OmegaConf.to_container(OmegaConf.create(section or {}), resolve=True)  # type: ignore[assignment]
     if stage == "curate":
-        return {**base, "input": cfg.input, "output": str(p["curated"])}
+        return {**base, "input": cfg.input, "output": str(layout.curated)}
     if stage == "tokenize":
         return {
             **base,
-            "input": str(p["curated"]),
-            "output": str(p["latents"]),
-            "tokenizer": str(p["tokenizer"]),
+            "input": str(layout.curated),
+            "output": str(layout.latents),
+            "tokenizer": str(layout.tokenizer),
         }
     if stage == "evaluate":
         composed = {
             **base,
-            "checkpoint": str(p["dynamics"]),
-            "tokenizer": str(p["tokenizer"]),
-            "shards": str(p["latents"]),
-            "clips": str(p["curated"]),
-            "output": str(p["eval"]),
+            "checkpoint": str(layout.dynamics),
+            "tokenizer": str(layout.tokenizer),
+            "shards": str(layout.latents),
+            "clips": str(layout.curated),
+            "output": str(layout.eval),
             "wandb": {**base.get("wandb", {}), **_wandb_for(cfg, "evaluate")},
         }
         # Simulator samples carry counterfactual branch files beside the videos (pipeline/branches.py);
@@ -162,10 +128,12 @@ def compose(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
             composed["branch_resize"] = curate.get("resize", CurateConfig.resize)
         return composed
     if stage in TRAINING_STAGES:
-        data_src = p["curated"] if stage == "tokenizer" else p["latents"]
+        data_src, run_dir = (
+            (layout.curated, layout.tokenizer) if stage == "tokenizer" else (layout.latents, layout.dynamics)
+        )
         composed = {
             **base,
-            "run_dir": str(p[stage]),
+            "run_dir": str(run_dir),
             "data": {**base.get("data", {}), "shards": str(data_src)},
             "wandb": {**base.get("wandb", {}), **_wandb_for(cfg, stage)},
             "launcher": {
@@ -174,14 +142,16 @@ def compose(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
             },
         }
         if stage == "dynamics":
-            composed["model"] = {**base.get("model", {}), **_latent_geometry(p["latents"])}
+            from tokenizer.tokenize import latent_geometry
+
+            composed["model"] = {**base.get("model", {}), **latent_geometry(layout.latents)}
         return composed
     raise ValueError(f"stage {stage!r} has no config")
 
 
 def write_stage_config(cfg: PipelineConfig, stage: str) -> Path:
     """Validate the composed config against the stage's schema and save it resolved; returns its path."""
-    path = _paths(cfg)["configs"] / f"{stage}.yaml"
+    path = OutputLayout.of(cfg.output).stage_config(stage)
     composed = compose(cfg, stage)
     source = f"pipeline section '{stage}'"
     if stage in TRAINING_STAGES:
@@ -197,7 +167,7 @@ def write_stage_config(cfg: PipelineConfig, stage: str) -> Path:
         finally:
             draft.unlink(missing_ok=True)
     else:
-        schema = _schema(stage)
+        schema, _ = _stage(stage)
         merged = merge_into(schema, (source, OmegaConf.create(composed)))
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
@@ -206,98 +176,33 @@ def write_stage_config(cfg: PipelineConfig, stage: str) -> Path:
     return save_config(resolved, path)
 
 
-def _schema(stage: str) -> type:
+def _stage(stage: str) -> tuple[type, Callable[[Any], bool]]:
+    """A non-training stage's config schema and its completeness check (which takes that config)."""
     if stage == "curate":
-        from pipeline.curate import CurateConfig
+        from pipeline.curate import CurateConfig, is_complete
 
-        return CurateConfig
+        return CurateConfig, is_complete
     if stage == "tokenize":
-        from tokenizer.tokenize import TokenizeConfig
+        from tokenizer.tokenize import TokenizeConfig, is_complete
 
-        return TokenizeConfig
+        return TokenizeConfig, is_complete
     if stage == "evaluate":
-        from dynamics.evaluate import EvaluateConfig
+        from dynamics.evaluate import EvaluateConfig, is_complete
 
-        return EvaluateConfig
+        return EvaluateConfig, is_complete
     raise ValueError(stage)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Completeness checks
+def stage_complete(stage: str, stage_cfg: Path) -> bool:
+    """Whether ``stage``'s outputs, as its resolved config ``stage_cfg`` names them, are complete:
+    the chain asks the stage, which alone knows its files."""
+    if stage in TRAINING_STAGES:
+        from runtime.train import load_train_config
+        from runtime.trained import is_complete
 
-
-def curate_complete(stage_cfg: Path) -> bool:
-    """Stats say complete, every shard named is there, and the manifest covers exactly the inputs."""
-    from pipeline.curate import CurateConfig, curation_inputs
-    from pipeline.manifest import read_manifest
-    from pipeline.shards import SHARD_PATTERN
-
-    c = load_config(CurateConfig, stage_cfg)
-    out = Path(c.output)
-    try:
-        stats = json.loads((out / "stats.json").read_text())
-        rows = read_manifest(out / "manifest.jsonl")
-    except (OSError, ValueError):
-        return False
-    if not stats.get("complete"):
-        return False
-    if not all((out / "shards" / SHARD_PATTERN.format(index=i)).is_file() for i in range(stats["shards"])):
-        return False
-    try:
-        sources = {i.source for i in curation_inputs(c.input)}
-    except ValueError:
-        return False
-    return sources == {r["source"] for r in rows}
-
-
-def training_complete(stage_cfg: Path) -> bool:
-    """The run exported weights at ``trainer.max_steps``."""
-    from runtime.train import load_train_config
-    from runtime.trained import trained_step
-
-    t = load_train_config(stage_cfg)
-    return trained_step(t.run_dir) == t.trainer.max_steps
-
-
-def tokenizer_eval_complete(p: dict[str, Path], step: int | None) -> bool:
-    try:
-        metrics = json.loads((p["tokenizer"] / "eval" / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        step is not None and metrics.get("step") == step and (p["tokenizer"] / "eval" / "recon.mp4").is_file()
-    )
-
-
-def tokenize_complete(stage_cfg: Path) -> bool:
-    """Stats say complete, made with this tokenizer and settings, and every shard is there."""
-    from tokenizer.tokenize import TokenizeConfig, _fingerprint
-
-    c = load_config(TokenizeConfig, stage_cfg)
-    out = Path(c.output)
-    try:
-        stats = json.loads((out / "stats.json").read_text())
-        fingerprint = _fingerprint(c)
-    except (OSError, ValueError):
-        return False
-    shards = [out / "shards" / f"shard-{i:06d}.tar" for i in range(int(stats.get("shards", -1)))]
-    return (
-        bool(stats.get("complete"))
-        and stats.get("fingerprint") == fingerprint
-        and all(s.is_file() for s in shards)
-    )
-
-
-def evaluate_complete(p: dict[str, Path]) -> bool:
-    from runtime.trained import trained_step
-
-    try:
-        meta = json.loads((p["eval"] / "eval.json").read_text())
-    except (OSError, ValueError):
-        return False
-    names = ("compounding_error.csv", "compounding_error.png", "rollout.mp4")
-    step = meta.get("checkpoint_step")
-    return all((p["eval"] / n).is_file() for n in names) and step == trained_step(p["dynamics"])
+        return is_complete(load_train_config(stage_cfg))
+    schema, is_complete = _stage(stage)
+    return is_complete(load_config(schema, stage_cfg))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,25 +228,22 @@ def _child(stage: str, cmd: list[str]) -> None:
 
 def run_stage(cfg: PipelineConfig, stage: str) -> str:
     """Run one stage unless its outputs are complete; returns ``"done"`` or ``"skipped"``."""
-    p = _paths(cfg)
+    layout = OutputLayout.of(cfg.output)
     if stage == "report":
         from vidworld.report import write_report
 
-        path = write_report(p["out"])
+        path = write_report(layout.root)
         if cfg.wandb.mode != "disabled":
             from vidworld.dashboard import publish
 
-            publish(p["out"], dataclasses.replace(cfg.wandb, **{"group": _wandb_for(cfg, "report")["group"]}))
+            publish(layout.root, dataclasses.replace(cfg.wandb, group=_wandb_for(cfg, "report")["group"]))
         print(f"run: report {path}", flush=True)
         return "done"
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
     stage_cfg = write_stage_config(cfg, stage)
-    if stage == "curate":
-        if curate_complete(stage_cfg):
-            return "skipped"
-        _child(stage, _vidworld_cmd(cfg, "curate", str(stage_cfg)))
-        return "done"
     if stage in TRAINING_STAGES:
-        trained = not training_complete(stage_cfg)
+        trained = not stage_complete(stage, stage_cfg)
         if trained and _train_launcher(cfg) == "external":
             raise StageFailed(
                 stage,
@@ -351,40 +253,40 @@ def run_stage(cfg: PipelineConfig, stage: str) -> str:
             )
         if trained:
             _child(stage, _vidworld_cmd(cfg, "train", str(stage_cfg)))
-        evaluated = stage == "tokenizer" and _tokenizer_eval(p) == "done"
+        evaluated = stage == "tokenizer" and _tokenizer_eval(layout) == "done"
         return "done" if trained or evaluated else "skipped"
-    if stage == "tokenize":
-        if tokenize_complete(stage_cfg):
-            return "skipped"
-        _child(stage, _vidworld_cmd(cfg, "tokenize", str(stage_cfg)))
-        return "done"
-    if stage == "evaluate":
-        if evaluate_complete(p):
-            return "skipped"
-        _child(stage, _vidworld_cmd(cfg, "evaluate", str(stage_cfg)))
-        return "done"
-    raise ConfigError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
-
-
-def _tokenizer_eval(p: dict[str, Path]) -> str:
-    """Held-out reconstruction metrics and the side-by-side video of the trained tokenizer."""
-    from runtime.trained import trained_step
-    from tokenizer.evaluate import evaluate_tokenizer
-
-    step = trained_step(p["tokenizer"])
-    if tokenizer_eval_complete(p, step):
+    if stage_complete(stage, stage_cfg):
         return "skipped"
-    evaluate_tokenizer(str(p["tokenizer"]), str(p["curated"]), p["tokenizer"] / "eval")
+    _child(stage, _vidworld_cmd(cfg, stage, str(stage_cfg)))
     return "done"
+
+
+def _tokenizer_eval(layout: OutputLayout) -> str:
+    """Held-out reconstruction metrics and the side-by-side video of the trained tokenizer."""
+    from tokenizer.evaluate import evaluate_tokenizer, is_complete
+
+    if is_complete(layout.tokenizer, layout.tokenizer_eval):
+        return "skipped"
+    evaluate_tokenizer(str(layout.tokenizer), str(layout.curated), layout.tokenizer_eval)
+    return "done"
+
+
+def _headline_files(layout: OutputLayout) -> list[Path]:
+    """What a person opens first once the chain has finished (those that exist)."""
+    from dynamics.evaluate import COMPOUNDING_FIGURE, ROLLOUT_VIDEO
+    from tokenizer.evaluate import RECON_VIDEO
+
+    paths = [layout.report, layout.tokenizer_eval / RECON_VIDEO, layout.eval / ROLLOUT_VIDEO]
+    return [p for p in (*paths, layout.eval / COMPOUNDING_FIGURE) if p.is_file()]
 
 
 def run(cfg: PipelineConfig, stage_runner: Callable[[PipelineConfig, str], str] = run_stage) -> int:
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
-    out = _paths(cfg)["out"]
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "configs" / "pipeline.yaml")
+    layout = OutputLayout.of(cfg.output)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, layout.stage_config("pipeline"))
     if cfg.prepare_only:
         for stage in (s for s in STAGES if s in cfg.stages and s != "report"):
             print(f"stage-config {stage} {write_stage_config(cfg, stage)}", flush=True)
@@ -401,10 +303,9 @@ def run(cfg: PipelineConfig, stage_runner: Callable[[PipelineConfig, str], str] 
             )
             return e.code
         print(f"run: stage '{stage}' {status} in {time.monotonic() - t:.1f} s", flush=True)
-    print(f"run: pipeline finished in {time.monotonic() - t0:.1f} s; outputs under {out}", flush=True)
-    for name in ("report.html", "tokenizer/eval/recon.mp4", "eval/rollout.mp4", "eval/compounding_error.png"):
-        if (out / name).is_file():
-            print(f"  {name.split('/')[-1]:24s} {out / name}", flush=True)
+    print(f"run: pipeline finished in {time.monotonic() - t0:.1f} s; outputs under {layout.root}", flush=True)
+    for path in _headline_files(layout):
+        print(f"  {path.name:24s} {path}", flush=True)
     return 0
 
 

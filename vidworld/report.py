@@ -73,10 +73,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynamics.evaluate import (
+    ACTION_COLUMNS,
+    ACTION_CSV,
+    COMPOUNDING_CSV,
+    COMPOUNDING_FIGURE,
+    COUNTERFACTUAL_CSV,
+    COUNTERFACTUAL_VIDEO,
+    EVAL_JSON,
+    ROLLOUT_VIDEO,
+)
+from dynamics.verdict import (
+    COMPOUNDING_COLUMNS,
+    COUNTERFACTUAL_COLUMNS,
+    CompoundingJudgement,
+    compounding_verdict,
+    judge_compounding,
+)
 from pipeline.probe import BadInput, probe
 from runtime.files import atomic_write_text
 from runtime.progress import format_duration
 from runtime.tracking import read_metrics
+from tokenizer.evaluate import METRICS_FILE, RECON_VIDEO
+from vidworld.layout import OutputLayout
 
 # Media above this size is linked (relative to DIR) instead of embedded, so a long rollout does
 # not make a report that a browser struggles to open. Eval media are a few hundred kB.
@@ -105,30 +124,13 @@ def tokenizer_headline_psnr(metrics: dict[str, Any] | None) -> float | None:
     atari = group_psnr(metrics, ATARI_GROUPS)
     return atari if atari is not None else _num(metrics, "recon_psnr")
 
+
 # Videos are shown enlarged by a whole factor (crisp nearest-neighbour pixels): about this high
 # (6x a 64-pixel clip), no wider than the page, at most VIDEO_MAX_SCALE times.
 VIDEO_HEIGHT_PX = 384
 VIDEO_MAX_WIDTH_PX = 1024
 VIDEO_MAX_SCALE = 8
 
-COMPOUNDING_COLUMNS = (
-    "horizon",
-    "model_psnr",
-    "copy_last_psnr",
-    "copy_last_recon_psnr",
-    "recon_psnr",
-    "model_latent_mse",
-    "copy_last_latent_mse",
-)
-COUNTERFACTUAL_COLUMNS = (
-    "horizon",
-    "factual_psnr",
-    "counterfactual_psnr",
-    "counterfactual_latent_mse",
-    "true_ab_psnr",
-    "action_response_ratio",
-    "action_response_ratio_recon",
-)
 # The headline figures as numbers (``headline_scalars``), in the order the report shows them.
 HEADLINE_SCALARS = (
     "tokenizer_psnr",  # dB, held-out Atari clips (all held-out clips when not grouped)
@@ -196,6 +198,10 @@ class Report:
     def add(self, html_text: str) -> None:
         self.parts.append(html_text)
 
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout.of(self.root)
+
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
@@ -256,7 +262,7 @@ def read_csv_rows(path: Path) -> list[dict[str, float]]:
 
 def read_eval_json(root: Path) -> dict[str, Any] | None:
     """``DIR/eval/eval.json`` as a dict, or ``None`` when absent."""
-    path = root / "eval" / "eval.json"
+    path = OutputLayout.of(root).eval / EVAL_JSON
     if not path.is_file():
         return None
     info = read_json(path)
@@ -411,114 +417,6 @@ def svg_lines(
     return "".join(out)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The verdicts (EVALUATION.md)
-
-
-@dataclass
-class CompoundingJudgement:
-    """EVALUATION.md's test of a compounding-error table, as figures; ``compounding_verdict`` words it.
-
-    A model is worth something where ``model_psnr > copy_last_recon_psnr`` and ``model_latent_mse <
-    copy_last_latent_mse`` at every horizon; where ``copy_last_psnr > recon_psnr`` the tokenizer,
-    not the dynamics, is what loses.
-    """
-
-    horizons: list[int]
-    checks: list[tuple[str, str, str]]  # (model column, copy-last column, ">" or "<") in the table
-    unchecked: list[str]  # columns a check needs that the table lacks
-    failing: list[tuple[int, str]]  # (horizon, what lost there)
-    tokenizer_limits: list[tuple[int, float, float]]  # (horizon, recon_psnr, copy_last_psnr)
-    worst_margin_db: tuple[int, float] | None  # (horizon, model_psnr - copy_last_recon_psnr), smallest
-    worst_latent_ratio: tuple[int, float] | None  # (horizon, model / copy-last latent MSE), largest
-
-    @property
-    def beats(self) -> bool | None:
-        """Beats copy-last at every horizon; ``None`` when nothing could be checked."""
-        return None if not self.checks or not self.horizons else not self.failing
-
-
-def judge_compounding(rows: list[dict[str, float]]) -> CompoundingJudgement:
-    """The one place that decides whether the model beats copying the last frame (EVALUATION.md)."""
-    have = set(rows[0]) if rows else set()
-    pairs = (("model_psnr", "copy_last_recon_psnr", ">"), ("model_latent_mse", "copy_last_latent_mse", "<"))
-    checks = [c for c in pairs if c[0] in have and c[1] in have]
-    unchecked = [n for a, b, _ in pairs for n in (a, b) if n not in have] if rows else []
-    failing = []
-    for r in rows:
-        why = []
-        for a, b, op in checks:
-            beats = r[a] > r[b] if op == ">" else r[a] < r[b]  # NaN compares False: counts as a loss
-            if not beats:
-                why.append(f"{a} {fmt(r[a])} vs {b} {fmt(r[b])}")
-        if why:
-            failing.append((int(r["horizon"]), "; ".join(why)))
-    limits = []
-    if {"copy_last_psnr", "recon_psnr"} <= have:
-        limits = [
-            (int(r["horizon"]), r["recon_psnr"], r["copy_last_psnr"])
-            for r in rows
-            if r["copy_last_psnr"] > r["recon_psnr"]
-        ]
-
-    def extreme(values: list[tuple[int, float]], pick: Callable) -> tuple[int, float] | None:
-        finite = [(h, v) for h, v in values if not math.isnan(v)]
-        return pick(finite, key=lambda hv: hv[1]) if finite else None
-
-    psnr_check, latent_check = pairs
-    margins, ratios = [], []  # (horizon, model_psnr - copy_last_recon_psnr), (horizon, MSE model/copy)
-    for r in rows:
-        h = int(r["horizon"])
-        if psnr_check in checks:
-            margins.append((h, r["model_psnr"] - r["copy_last_recon_psnr"]))
-        if latent_check in checks:
-            copy = r["copy_last_latent_mse"]
-            ratios.append((h, r["model_latent_mse"] / copy if copy else math.inf))
-    return CompoundingJudgement(
-        horizons=[int(r["horizon"]) for r in rows],
-        checks=checks,
-        unchecked=unchecked,
-        failing=failing,
-        tokenizer_limits=limits,
-        worst_margin_db=extreme(margins, min),
-        worst_latent_ratio=extreme(ratios, max),
-    )
-
-
-def compounding_verdict(rows: list[dict[str, float]]) -> str:
-    """One or two sentences: does the model beat copying the last frame at every horizon?"""
-    if not rows:
-        return "The compounding-error table has no rows: no verdict."
-    j = judge_compounding(rows)
-    sentences = []
-    if not j.checks:
-        sentences.append(f"No verdict: the table lacks the columns {', '.join(sorted(set(j.unchecked)))}.")
-    else:
-        what = " and ".join(f"{a} {op} {b}" for a, b, op in j.checks)
-        if not j.failing:
-            sentences.append(
-                f"The model beats copying the last frame at every horizon "
-                f"{j.horizons[0]}..{j.horizons[-1]} ({what})."
-            )
-        else:
-            hs = ", ".join(str(h) for h, _ in j.failing)
-            detail = "; ".join(f"h={h}: {why}" for h, why in j.failing)
-            plural = "s" if len(j.failing) > 1 else ""
-            sentences.append(
-                f"The model does NOT beat copying the last frame at horizon{plural} {hs} "
-                f"(needs {what}; {detail})."
-            )
-        if j.unchecked:
-            sentences.append(f"(Not checked, column missing: {', '.join(j.unchecked)}.)")
-    if j.tokenizer_limits:
-        sentences.append(
-            "At horizon " + ", ".join(str(h) for h, _, _ in j.tokenizer_limits) + " copying the last real "
-            "frame in pixel space (copy_last_psnr) is above the tokenizer's own reconstruction (recon_psnr): "
-            "there the tokenizer, not the dynamics, is what loses."
-        )
-    return " ".join(sentences)
-
-
 def sensitivity_not_positive(rows: list[dict[str, float]]) -> list[int]:
     """Horizons where action sensitivity is not positive (NaN included): there the actions go unheard."""
     return [int(r["horizon"]) for r in rows if not r["action_sensitivity_psnr"] > 0]
@@ -636,7 +534,7 @@ def json_rows(rows: Any, where: str) -> list[dict[str, float]]:
 
 def measured(root: Path, info: dict[str, Any] | None, csv_name: str, key: str) -> Measured:
     """``DIR/eval/CSV_NAME`` rows; else eval.json's ``key`` (a status string, or ``{"status", "rows"}``)."""
-    path = root / "eval" / csv_name
+    path = OutputLayout.of(root).eval / csv_name
     entry = (info or {}).get(key)
     obj = entry if isinstance(entry, dict) else {}
     status = obj.get("status") if isinstance(entry, dict) else entry
@@ -670,12 +568,13 @@ class Headline:
 
 def read_headline(root: Path) -> Headline:
     """The headline figures of an output folder; never fails on a missing file."""
-    tok_path = root / "tokenizer" / "eval" / "metrics.json"
+    layout = OutputLayout.of(root)
+    tok_path = layout.tokenizer_eval / METRICS_FILE
     tok = read_json(tok_path) if tok_path.is_file() else None
     if tok is not None and not isinstance(tok, dict):
         raise ValueError(f"{tok_path} holds {type(tok).__name__}, not an object; rerun the tokenizer eval")
     info = read_eval_json(root)
-    csv_path = root / "eval" / "compounding_error.csv"
+    csv_path = layout.eval / COMPOUNDING_CSV
     judgement, why = None, "no eval/compounding_error.csv: the dynamics model has not been evaluated"
     if csv_path.is_file():
         rows = read_csv_rows(csv_path)
@@ -688,9 +587,9 @@ def read_headline(root: Path) -> Headline:
         tokenizer=tok,
         compounding=judgement,
         compounding_why_not=why,
-        actions=measured(root, info, "action_sensitivity.csv", "action_sensitivity"),
-        counterfactual=measured(root, info, "counterfactual.csv", "counterfactual"),
-        training={name: training_run(root / name) for name in ("tokenizer", "dynamics")},
+        actions=measured(root, info, ACTION_CSV, "action_sensitivity"),
+        counterfactual=measured(root, info, COUNTERFACTUAL_CSV, "counterfactual"),
+        training={"tokenizer": training_run(layout.tokenizer), "dynamics": training_run(layout.dynamics)},
         info=info,
     )
 
@@ -963,22 +862,22 @@ def section_verdict(h: Headline, missing: list[str]) -> str:
 
 
 def section_videos(rep: Report, h: Headline) -> None:
-    e, tok = rep.root / "eval", rep.root / "tokenizer" / "eval"
+    e, tok = rep.layout.eval, rep.layout.tokenizer_eval
     rep.add('<h2>1. What the model imagines</h2><div class="videos">')
     media(
         rep,
-        e / "rollout.mp4",
+        e / ROLLOUT_VIDEO,
         "Rollout. Left: the true frames. Right: the model: the real context through the tokenizer "
         "(red border), then frames imagined open-loop under the recorded actions.",
         "no rollout video",
     )
     media(
         rep,
-        tok / "recon.mp4",
+        tok / RECON_VIDEO,
         "Tokenizer. Left: the original held-out clip. Right: its reconstruction (decode(encode(clip))).",
         "no reconstruction video",
     )
-    cf = e / "counterfactual.mp4"
+    cf = e / COUNTERFACTUAL_VIDEO
     if cf.is_file() or h.counterfactual.rows:
         media(
             rep,
@@ -993,12 +892,12 @@ def section_videos(rep: Report, h: Headline) -> None:
 
 
 def section_curve(rep: Report, h: Headline) -> None:
-    e = rep.root / "eval"
+    e = rep.layout.eval
     rep.add("<h2>2. How the error grows with the horizon</h2>")
-    prov = provenance_line(e / "eval.json")
+    prov = provenance_line(e / EVAL_JSON)
     if prov:
         rep.add(f"<p>Figures below: {esc(prov)}.</p>")
-    csv_path = e / "compounding_error.csv"
+    csv_path = e / COMPOUNDING_CSV
     rows = read_csv_rows(csv_path) if csv_path.is_file() else []
     if csv_path.is_file():
         rep.add(f'<p class="says">{esc(compounding_verdict(rows))}</p>')
@@ -1006,7 +905,7 @@ def section_curve(rep: Report, h: Headline) -> None:
         rep.add(f'<p class="says">Actions: {esc(action_verdict(h.actions.rows))}</p>')
     if h.counterfactual.rows:
         rep.add(f'<p class="says">Counterfactual: {esc(counterfactual_verdict(h.counterfactual.rows))}</p>')
-    png = e / "compounding_error.png"
+    png = e / COMPOUNDING_FIGURE
     if png.is_file():
         media(rep, png, "compounding error against the horizon", "")
     elif rows:
@@ -1064,7 +963,7 @@ def _run_folder(rep: Report, run_dir: Path, name: str) -> None:
 
 
 def _tokenizer_metrics(rep: Report) -> None:
-    mpath = rep.root / "tokenizer" / "eval" / "metrics.json"
+    mpath = rep.layout.tokenizer_eval / METRICS_FILE
     if not mpath.is_file():
         rep.note_missing(mpath, "the tokenizer has not been evaluated")
         return
@@ -1083,14 +982,8 @@ def _tokenizer_metrics(rep: Report) -> None:
 
 
 def _curation(rep: Report) -> None:
-    d = rep.root / "curated"
-    stats_path = d / "stats.json"
-    if stats_path.is_file():
-        stats = read_json(stats_path)
-        if isinstance(stats, dict):
-            rep.add(dict_tables(stats, "Totals (stats.json)"))
-    else:
-        rep.note_missing(stats_path, "the curate stage has not written its totals")
+    d = rep.layout.curated
+    _json_tables(rep, d / "stats.json", "Totals (stats.json)", "the curate stage has not written its totals")
     manifest = d / "manifest.jsonl"
     if manifest.is_file():
         rows = read_jsonl(manifest)
@@ -1130,7 +1023,7 @@ def _curation(rep: Report) -> None:
 
 
 def _latents(rep: Report) -> None:
-    lat = rep.root / "latents"
+    lat = rep.layout.latents
     if not lat.is_dir():
         rep.note_missing(lat, "the clips have not been tokenized")
         return
@@ -1143,7 +1036,7 @@ def _latents(rep: Report) -> None:
 
 
 def _configs(rep: Report) -> None:
-    d = rep.root / "configs"
+    d = rep.layout.configs
     files = sorted(p for p in d.glob("*.yaml") if not p.name.endswith(".draft.yaml"))
     if not files:
         rep.note_missing(d, "the chain has not written its stage configs")
@@ -1151,19 +1044,23 @@ def _configs(rep: Report) -> None:
         rep.add(f"<h3>configs/{esc(p.name)}</h3><pre>{esc(p.read_text())}</pre>")
 
 
+def _json_tables(rep: Report, path: Path, title: str, why_missing: str) -> None:
+    """A JSON object file as tables titled ``title``, or noted missing with ``why_missing``."""
+    if not path.is_file():
+        rep.note_missing(path, why_missing)
+        return
+    obj = read_json(path)
+    if isinstance(obj, dict):
+        rep.add(dict_tables(obj, title))
+
+
 def _provenance(rep: Report) -> None:
-    p = rep.root / "eval" / "eval.json"
-    if p.is_file():
-        prov = read_json(p)
-        if isinstance(prov, dict):
-            rep.add(dict_tables(prov, "eval.json"))
-    else:
-        rep.note_missing(p, "no provenance: the evaluation has not run")
+    _json_tables(rep, rep.layout.eval / EVAL_JSON, EVAL_JSON, "no provenance: the evaluation has not run")
 
 
 def _optional_csv(rep: Report, m: Measured, name: str, first: tuple[str, ...]) -> None:
     """The rows of an optional measurement, "not measured" with eval.json's reason, or missing."""
-    path = rep.root / "eval" / name
+    path = rep.layout.eval / name
     if m.rows:
         rep.add(rows_table(m.rows, first))
         if not path.is_file():
@@ -1180,7 +1077,7 @@ def section_raw(rep: Report, h: Headline) -> None:
     rep.add("<h2>3. Raw tables</h2><p>Folded: click a title to open it.</p>")
 
     def compounding() -> None:
-        path = rep.root / "eval" / "compounding_error.csv"
+        path = rep.layout.eval / COMPOUNDING_CSV
         if path.is_file():
             rep.add(rows_table(read_csv_rows(path), COMPOUNDING_COLUMNS))
         else:
@@ -1189,9 +1086,7 @@ def section_raw(rep: Report, h: Headline) -> None:
     rep.fold("Compounding error per horizon (eval/compounding_error.csv)", compounding)
     rep.fold(
         "Action sensitivity per horizon, dB (eval/action_sensitivity.csv)",
-        lambda: _optional_csv(
-            rep, h.actions, "action_sensitivity.csv", ("horizon", "action_sensitivity_psnr")
-        ),
+        lambda: _optional_csv(rep, h.actions, ACTION_CSV, ACTION_COLUMNS),
     )
 
     def counterfactual() -> None:
@@ -1200,7 +1095,7 @@ def section_raw(rep: Report, h: Headline) -> None:
         if not (m.rows or m.status == "computed"):
             rep.add(f'<p class="na">Not measured: {esc(m.why_not)}.</p>')
             return
-        _optional_csv(rep, m, "counterfactual.csv", COUNTERFACTUAL_COLUMNS)
+        _optional_csv(rep, m, COUNTERFACTUAL_CSV, COUNTERFACTUAL_COLUMNS)
         if m.entry.get("note"):
             rep.add(f"<p>{esc(m.entry['note'])}.</p>")
         games = m.entry.get("games") if isinstance(m.entry.get("games"), dict) else {}
@@ -1216,11 +1111,11 @@ def section_raw(rep: Report, h: Headline) -> None:
     rep.fold("Tokenizer reconstruction (tokenizer/eval/metrics.json)", lambda: _tokenizer_metrics(rep))
     rep.fold(
         "Tokenizer training (tokenizer/: loss, last step, config)",
-        lambda: _run_folder(rep, rep.root / "tokenizer", "tokenizer"),
+        lambda: _run_folder(rep, rep.layout.tokenizer, "tokenizer"),
     )
     rep.fold(
         "Dynamics training (dynamics/: loss, last step, config)",
-        lambda: _run_folder(rep, rep.root / "dynamics", "dynamics"),
+        lambda: _run_folder(rep, rep.layout.dynamics, "dynamics"),
     )
     rep.fold("Curation: totals, inputs, shards (curated/)", lambda: _curation(rep))
     rep.fold("Latents (latents/)", lambda: _latents(rep))

@@ -18,6 +18,7 @@ from dynamics.evaluate import EvaluateConfig, resize_frames
 from dynamics.rollout import WorldModel
 from dynamics.task import group_actions
 from pipeline.branches import Branch, read_branch, write_branch
+from runtime.checkpoint import WEIGHTS
 from runtime.config import to_yaml
 from runtime.tracking import WandbConfig
 from tests.tokenizer.eval_fixtures import write_decoded_shards
@@ -113,9 +114,7 @@ def oracle(data: dict, cfg: DynamicsConfig | None = None, follow_actions: bool =
     return w
 
 
-def write_run(
-    folder: Path, cfg: DynamicsConfig, step: int = 7, seed: int = 0, perturb: float = 0.0
-) -> Path:
+def write_run(folder: Path, cfg: DynamicsConfig, step: int = 7, seed: int = 0, perturb: float = 0.0) -> Path:
     """A finished dynamics run folder: ``config.yaml`` + ``model.safetensors`` (step in metadata).
 
     ``perturb`` > 0 adds that much Gaussian noise to every weight: a fresh model's zero-initialised
@@ -287,3 +286,10 @@ def eval_config(root: Path, out: Path, **kw) -> EvaluateConfig:
         wandb=WandbConfig(mode="disabled"),
     )
     return EvaluateConfig(**{**base, **kw})
+
+
+def write_weights(path: Path, step: int) -> Path:
+    """A run folder with exported weights of ``step`` (what ``runtime.trained.trained_step`` reads)."""
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({"w": torch.zeros(1)}, str(path / WEIGHTS), metadata={"step": str(step)})
+    return path

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from dynamics import DynamicsConfig, build_dynamics
-from dynamics.attention import FrameCausalMask, attention, available_backends, resolve_backend
+from dynamics.attention import FrameCausalMask, attention
+from runtime.parallelize import (
+    apply_attention_backend,
+    available_attention_backends,
+    resolve_attention_backend,
+)
 
 
 def test_frame_causal_mask_is_full_within_frames_and_causal_across():
@@ -39,7 +44,7 @@ def test_frame_causal_mask_rejects_partial_frames_with_a_clear_error():
         FrameCausalMask(q_len=5, kv_len=5, tokens_per_frame=2)
 
 
-@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("backend", available_attention_backends("cpu"))
 @pytest.mark.parametrize(
     "masked,offset,n", [(False, 0, 5), (True, 0, 5), (True, 2, 5), (True, 0, 1), (True, 2, 1)]
 )
@@ -67,20 +72,30 @@ def test_masked_reference_ignores_future_keys():
 
 
 def test_unavailable_backend_error_names_the_backend_and_the_alternatives():
-    if "flash-attn" in available_backends("cpu"):
+    if "flash-attn" in available_attention_backends("cpu"):
         pytest.skip("flash-attn is never available on CPU")
     with pytest.raises(ValueError, match="flash-attn.*available"):
-        resolve_backend("flash-attn", "cpu")
+        resolve_attention_backend("flash-attn", "cpu")
 
 
-def test_backend_is_logged_once_per_model(caplog):
-    model = build_dynamics(DynamicsConfig())
-    x = torch.randn(1, 4, 2, 8, 8)
-    with caplog.at_level(logging.INFO, logger="dynamics.transformer"):
-        model.loss(x, torch.zeros(1, 2, dtype=torch.long))
-        model.loss(x, torch.zeros(1, 2, dtype=torch.long))
+def test_the_runtime_resolves_auto_for_every_attention_module_and_logs_it_once(caplog):
+    model = build_dynamics(DynamicsConfig(depth=3))
+    modules = [m for m in model.modules() if hasattr(m, "attention_backend")]
+    assert len(modules) == 3 and {m.attention_backend for m in modules} == {"auto"}
+    with caplog.at_level(logging.INFO, logger="runtime.parallelize"):
+        assert apply_attention_backend(model, "cpu") == {"auto": "sdpa"}
+    assert {m.attention_backend for m in modules} == {"sdpa"}
     lines = [r for r in caplog.records if "attention backend" in r.getMessage()]
     assert len(lines) == 1 and "sdpa" in lines[0].getMessage()
+    x = torch.randn(1, 4, 2, 8, 8)
+    assert torch.isfinite(model.loss(x, torch.zeros(1, 2, dtype=torch.long))["loss"])
+
+
+def test_a_model_without_the_runtime_runs_auto_as_sdpa():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 8, 16, generator=g) for _ in range(3))
+    mask = FrameCausalMask(8, 8, 4)
+    torch.testing.assert_close(attention(q, k, v, mask, "auto"), attention(q, k, v, mask, "sdpa"))
 
 
 @pytest.mark.gpu
@@ -88,7 +103,7 @@ def test_backend_is_logged_once_per_model(caplog):
 @pytest.mark.parametrize("offset", [0, 3])
 @pytest.mark.parametrize("n", [64, 1])
 def test_every_gpu_backend_matches_the_reference_in_bf16(backend, offset, n):
-    if backend not in available_backends("cuda"):
+    if backend not in available_attention_backends("cuda"):
         pytest.skip(f"{backend} is not installed on this GPU machine")
     g = torch.Generator(device="cuda").manual_seed(0)
     new = 4
@@ -104,7 +119,7 @@ def test_every_gpu_backend_matches_the_reference_in_bf16(backend, offset, n):
 
 
 def test_flex_on_cpu_refuses_training_with_an_error_that_names_the_fix():
-    if "flex" not in available_backends("cpu"):
+    if "flex" not in available_attention_backends("cpu"):
         pytest.skip("no FlexAttention in this torch")
     q = torch.randn(1, 1, 4, 8, requires_grad=True)
     with pytest.raises(ValueError, match="attention_backend=sdpa"):

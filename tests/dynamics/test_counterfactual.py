@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dynamics.evaluate import EvaluateConfig, evaluate, resize_frames, take_in_turn
+from dynamics.verdict import COUNTERFACTUAL_COLUMNS
 from pipeline.branches import read_branch, write_branch
 from runtime.config import load_config
 from runtime.video import decode_mp4
@@ -33,7 +34,6 @@ from tests.dynamics.eval_helpers import (
 )
 from vidworld.cli import main
 from vidworld.pipeline_run import PipelineConfig, compose
-from vidworld.report import COUNTERFACTUAL_COLUMNS
 
 
 class IndexCopyLastDynamics(torch.nn.Module):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import json
 
+import av
 import pytest
 import torch
 
+import dynamics.evaluate as ev
 from dynamics.evaluate import ACTION_COLUMNS, EvaluateConfig, evaluate
 from dynamics.rollout import source_slice
+from dynamics.verdict import COMPOUNDING_COLUMNS
 from tests.dynamics.eval_helpers import (
     SPLITS,
     CopyLastDynamics,
@@ -25,7 +28,6 @@ from tests.dynamics.eval_helpers import (
 from tokenizer.evaluate import iter_split
 from tokenizer.metrics import psnr, to_uint8
 from vidworld.cli import main
-from vidworld.report import COMPOUNDING_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +144,14 @@ def test_perfect_model_over_fsq_indices_reaches_the_ceiling(tmp_path):
         assert r["model_psnr"] == pytest.approx(r["recon_psnr"], abs=1e-9)
         assert r["model_latent_mse"] == 0.0
     assert res["head"] == "maskgit"
+
+
+def test_rollout_video_plays_at_the_rate_the_clips_were_curated_at(data, tmp_path, monkeypatch):
+    def curated_at_24(*args, **kw):  # clip metadata as pipeline.curate writes it: with its fps
+        for s in iter_split(*args, **kw):
+            yield {**s, "meta": {**s["meta"], "fps": 24.0}}
+
+    monkeypatch.setattr(ev, "iter_split", curated_at_24)
+    evaluate(_cfg(data, tmp_path, fps=15.0), world(data, CopyLastDynamics()))
+    with av.open(str(tmp_path / "rollout.mp4")) as container:
+        assert container.streams.video[0].average_rate == 24

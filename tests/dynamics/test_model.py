@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
 from dynamics import DiffusionDynamics, DynamicsConfig, MaskGITDynamics, build_dynamics
-from dynamics.attention import available_backends
+from runtime.parallelize import apply_activation_checkpointing, available_attention_backends
 
 
 def randomized(cfg: DynamicsConfig, seed: int = 0) -> nn.Module:
@@ -54,7 +53,7 @@ def network_output(
 
 @pytest.mark.parametrize("head", ["diffusion", "maskgit"])
 @pytest.mark.parametrize("factorized", [False, True])
-@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("backend", available_attention_backends("cpu"))
 def test_changing_future_frames_does_not_change_past_outputs(head, factorized, backend):
     cfg = DynamicsConfig(
         head=head, factorized=factorized, depth=2 if not factorized else 4, attention_backend=backend
@@ -188,16 +187,7 @@ def test_model_builds_on_meta_and_initialises_where_placed():
 
 @pytest.mark.parametrize("head", ["diffusion", "maskgit"])
 def test_activation_checkpointing_from_outside_keeps_gradients(head):
-    """The runtime wraps ``model.blocks`` one by one; the gradients must not change."""
-
-    class Checkpointed(nn.Module):
-        def __init__(self, block: nn.Module) -> None:
-            super().__init__()
-            self.block = block
-
-        def forward(self, *args):
-            return checkpoint(self.block, *args, use_reentrant=False)
-
+    """The runtime checkpoints ``model.blocks`` one by one; the gradients must not change."""
     cfg = DynamicsConfig(head=head)
     model = randomized(cfg).train()
     x, a = inputs(cfg, 2, 3)
@@ -209,8 +199,7 @@ def test_activation_checkpointing_from_outside_keeps_gradients(head):
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     plain = grads()
-    for i, blk in enumerate(model.blocks):
-        model.blocks[i] = Checkpointed(blk)
+    assert apply_activation_checkpointing(list(model.blocks), []) == len(model.blocks)
     for g1, g2 in zip(plain, grads(), strict=True):
         torch.testing.assert_close(g1, g2)
 

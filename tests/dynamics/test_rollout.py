@@ -80,17 +80,24 @@ def test_vidworld_rollout_writes_truth_beside_model_with_the_context_marked(data
 def test_rollout_is_reproducible_for_a_seed(data, tmp_path):
     run = write_run(tmp_path / "run", dyn_config(), perturb=0.05)
     w = WorldModel.load(run, data["root"] / "tok", "cpu")
+    sample = next(s for s in iter_split(str(data["root"] / "latents"), "heldout") if "latents" in s)
+    x, actions = w.prepare(sample)
+    ctx = w.slice(x, 0, 2)
+
+    def imagine(seed: int) -> torch.Tensor:
+        return w.rollout(ctx, actions, 2, torch.Generator().manual_seed(seed))
+
+    # Equal up to float rounding: oneDNN's kernels may sum in another order for other buffers'
+    # alignment, which is also why the mp4 bytes are not compared.
+    torch.testing.assert_close(imagine(0), imagine(0), rtol=1e-5, atol=1e-5)
+    assert (imagine(0) - imagine(1)).abs().max() > 1e-2
     cfg = RolloutConfig(
         checkpoint=str(run),
         tokenizer=str(data["root"] / "tok"),
         shards=str(data["root"] / "latents"),
         output=str(tmp_path / "a"),
     )
-    a = rollout_video(cfg, w).read_bytes()
-    cfg.output = str(tmp_path / "b")
-    assert rollout_video(cfg, w).read_bytes() == a
-    cfg.output, cfg.seed = str(tmp_path / "c"), 1
-    assert rollout_video(cfg, w).read_bytes() != a
+    assert decode_mp4(rollout_video(cfg, w)).shape[0] == source_frames(4, w.tau)
 
 
 def test_rollout_past_the_clip_is_a_clear_error(data, tmp_path):

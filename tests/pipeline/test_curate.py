@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.curate import CurateConfig, assign_splits, cli, iter_shard
+from pipeline.curate import CurateConfig, assign_splits, cli, is_complete, iter_shard
 from pipeline.manifest import read_manifest
 from pipeline.samples import SamplesConfig, write_samples, write_video
 from runtime.config import ConfigError
@@ -280,6 +280,12 @@ def test_split_assignment_is_stable_and_holds_out_at_least_one_of_two_sources():
     assert 20 < sum(v == "heldout" for v in split.values()) < 60
     assert sorted(assign_splits(["a.mp4", "b.mp4"], 0.2).values()) == ["heldout", "train"]
     assert assign_splits(["a.mp4", "b.mp4"], 0.0) == {"a.mp4": "train", "b.mp4": "train"}
+
+
+def test_a_finished_curation_is_complete_for_its_inputs_only(curated, inputs, tmp_path):
+    assert is_complete(CurateConfig(input=str(inputs), output=str(curated)))
+    assert not is_complete(CurateConfig(input=str(inputs / "synthetic"), output=str(curated)))
+    assert not is_complete(CurateConfig(input=str(inputs), output=str(tmp_path / "elsewhere")))
 
 
 def test_a_rerun_skips_finished_inputs_and_changes_nothing(curated, inputs, capsys):

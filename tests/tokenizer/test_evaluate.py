@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from runtime.checkpoint import WEIGHTS
 from runtime.video import decode_mp4
 from tests.tokenizer.eval_fixtures import write_clip_shards
 from tests.tokenizer.helpers import randomized, tiny_config
+from tokenizer import evaluate as tok_eval
 from tokenizer import save_tokenizer
 from tokenizer.evaluate import evaluate_tokenizer, select_by_group, select_samples, source_group
 from tokenizer.metrics import psnr, ssim, to_uint8
 from tokenizer.tokenize import frames_to_video
 
 SPLITS = ["train", "heldout", "train", "heldout", "heldout"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +109,50 @@ def test_no_heldout_clips_is_a_clear_error(tmp_path):
     path, _ = _export(tmp_path)
     with pytest.raises(ValueError, match="no 'heldout' clips"):
         evaluate_tokenizer(path, str(tmp_path / "clips"), tmp_path / "eval")
+
+
+def write_weights(path: Path, step: int) -> Path:
+    """A run folder with exported weights of ``step`` (what ``runtime.trained.trained_step`` reads)."""
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({"w": torch.zeros(1)}, str(path / WEIGHTS), metadata={"step": str(step)})
+    return path
+
+
+def _tokenizer_eval(out: Path, step: int | None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / tok_eval.METRICS_FILE).write_text(json.dumps({"step": step, "recon_psnr": 30.0}))
+    (out / tok_eval.RECON_VIDEO).write_bytes(b"mp4")
+    return out
+
+
+def test_tokenizer_eval_of_the_current_step_with_its_video_is_complete(tmp_path):
+    run = write_weights(tmp_path / "tok", step=40)
+    out = _tokenizer_eval(tmp_path / "tok" / "eval", step=40)
+    assert tok_eval.is_complete(run, out)
+    (out / tok_eval.RECON_VIDEO).unlink()
+    assert not tok_eval.is_complete(run, out)
+
+
+def test_tokenizer_eval_of_an_older_step_or_an_unexported_run_is_not_complete(tmp_path):
+    run = write_weights(tmp_path / "tok", step=40)
+    assert not tok_eval.is_complete(run, _tokenizer_eval(tmp_path / "old", step=20))
+    assert not tok_eval.is_complete(tmp_path / "no-weights", _tokenizer_eval(tmp_path / "null", step=None))
+    assert not tok_eval.is_complete(run, tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / tok_eval.METRICS_FILE).write_text("{not json")
+    assert not tok_eval.is_complete(run, tmp_path / "bad")
+
+
+def test_recon_video_plays_at_the_rate_the_clips_were_curated_at(data, tmp_path, monkeypatch):
+    root, _ = data
+    path, _ = _export(tmp_path)
+    real = tok_eval.iter_split
+
+    def curated_at_24(*args, **kw):  # clip metadata as pipeline.curate writes it: with its fps
+        for s in real(*args, **kw):
+            yield {**s, "meta": {**s["meta"], "fps": 24.0}}
+
+    monkeypatch.setattr(tok_eval, "iter_split", curated_at_24)
+    evaluate_tokenizer(path, str(root / "clips"), tmp_path / "eval", max_clips=1, fps=15.0)
+    with av.open(str(tmp_path / "eval" / tok_eval.RECON_VIDEO)) as container:
+        assert container.streams.video[0].average_rate == 24

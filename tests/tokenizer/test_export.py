@@ -1,15 +1,21 @@
-"""Export / load round trip of a tokenizer folder."""
+"""Export / load round trip of a tokenizer folder, and loading a tokenizer training run folder."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from runtime.checkpoint import WEIGHTS
 from tests.tokenizer.helpers import random_video, randomized, tiny_config
-from tokenizer import load_tokenizer, save_tokenizer
+from tokenizer import CausalVideoTokenizer, load_tokenizer, save_tokenizer
+from tokenizer.export import weights_file
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_RUN = ["model.base_channels=8", "model.channel_multipliers=[1,2]", "model.clip_size=[32,32]"]
 
 
 @pytest.mark.parametrize("bottleneck", ["gaussian", "fsq"])
@@ -54,3 +60,44 @@ def test_loading_a_folder_without_a_tokenizer_says_what_is_expected(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="expected 'vidworld-tokenizer'"):
         load_tokenizer(tmp_path)
+
+
+def _run_folder(tmp_path, task_yaml: str, *overrides: str, step: int = 6):
+    """A training run folder as ``vidworld train`` leaves it: the resolved config and the exported
+    weights of the task's whole model (for the tokenizer: the ``TokenizerObjective``)."""
+    from runtime.config import save_config
+    from runtime.train import load_train_config, resolve_task_class
+
+    run_dir = tmp_path / "run"
+    cfg = load_train_config(REPO / "jobs" / task_yaml, [f"run_dir={run_dir}", *overrides])
+    torch.manual_seed(0)
+    model = resolve_task_class(cfg.task)(cfg.model, cfg).build_model()
+    run_dir.mkdir()
+    save_config(cfg, run_dir / "config.yaml")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(run_dir / WEIGHTS), metadata={"step": str(step)})
+    return run_dir, model
+
+
+def test_a_tokenizer_run_folder_loads_through_the_runs_one_loader(tmp_path):
+    run_dir, objective = _run_folder(tmp_path, "tokenizer.yaml", "data.shards=unused", *TINY_RUN)
+    tok = load_tokenizer(run_dir)
+    assert isinstance(tok, CausalVideoTokenizer) and not tok.training
+    trained = objective.tokenizer.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in tok.state_dict().items())
+    assert weights_file(run_dir) == run_dir / WEIGHTS
+
+
+def test_a_run_of_another_task_is_not_a_tokenizer(tmp_path):
+    run_dir, _ = _run_folder(tmp_path, "reference.yaml")
+    with pytest.raises(ValueError, match="not a tokenizer run"):
+        load_tokenizer(run_dir)
+
+
+def test_a_run_still_training_has_no_weights_file_to_fingerprint(tmp_path):
+    run_dir, _ = _run_folder(tmp_path, "tokenizer.yaml", "data.shards=unused", *TINY_RUN)
+    (run_dir / WEIGHTS).unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors yet"):
+        weights_file(run_dir)
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        load_tokenizer(run_dir)

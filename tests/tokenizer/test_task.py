@@ -5,14 +5,17 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from pipeline.shards import ShardWriter
 from runtime.config import ConfigError
+from runtime.parallelize import build_on_meta, materialize
 from runtime.train import load_train_config
-from runtime.video import encode_mp4
+from runtime.video import VideoClip, encode_mp4
 from tokenizer import load_tokenizer
 from tokenizer.metrics import to_uint8
 from tokenizer.synthetic import moving_shapes
@@ -40,7 +43,7 @@ def test_clip_frames_that_the_tokenizer_cannot_take_fail_at_start_naming_the_key
 def test_task_crops_a_loader_batch_and_gives_losses_media_and_counts():
     cfg = load_train_config(YAML, ["data.shards=x", "model.bottleneck=fsq", *TINY])
     task = TokenizerTask(cfg.model, cfg)
-    model = task.build_model()
+    model = materialize(build_on_meta(task), "cpu")
     frames = torch.from_numpy(moving_shapes(2, 17, 40).numpy())  # [2, 17, 40, 40, 3] uint8
     video = task.prepare(frames)
     assert video.shape == (2, 3, 9, 32, 32) and video.dtype == torch.float32
@@ -65,6 +68,10 @@ def test_task_crops_a_loader_batch_and_gives_losses_media_and_counts():
     assert (side_by_side[:, :, :32] == to_uint8(video)[0].numpy()).all()
     assert 0 < media["eval/recon_psnr"] < 100 and -1 <= media["eval/recon_ssim"] <= 1
     assert 0 < media["eval/codebook_usage"] <= 1
+    with torch.no_grad():
+        clip = task.eval_media(model, {"video": video, "fps": 12.5})["eval/reconstruction"]
+    assert isinstance(clip, VideoClip) and clip.fps == 12.5
+    np.testing.assert_array_equal(clip.frames, side_by_side)
     assert task.tokens_per_sample() == 3 * 4 * 4
     assert task.flops_per_sample() == pytest.approx(3 * model.tokenizer.flops_per_video(9, 32, 32))
     with pytest.raises(ValueError, match=r"clips are 5 frames of 40x40.*clip_frames=9"):
@@ -75,7 +82,8 @@ def _write_shards(folder: Path, clips: int = 8) -> None:
     videos = moving_shapes(clips, 9, 32, seed=3).numpy()
     with ShardWriter(folder / "shards", samples_per_shard=4) as w:
         for i, v in enumerate(videos):
-            w.write(f"clip{i:04d}", {"json": {"split": "train"}, "mp4": encode_mp4(v, fps=15, crf=18)})
+            meta = {"split": "train", "fps": 15.0}
+            w.write(f"clip{i:04d}", {"json": meta, "mp4": encode_mp4(v, fps=15, crf=18)})
 
 
 @pytest.mark.integration
@@ -85,9 +93,18 @@ def test_vidworld_train_runs_the_tokenizer_task_and_its_run_folder_loads(tmp_pat
     from tests.vidworld.train_helpers import VIDWORLD, train_env
 
     cmd = [
-        VIDWORLD, "train", str(YAML), f"run_dir={run_dir}", f"data.shards={tmp_path / 'curated'}", *TINY,
-        "trainer.max_steps=6", "trainer.eval_every=3", "trainer.save_every=3", "trainer.log_every=1",
-        "trainer.warmup_steps=1", "wandb.mode=disabled",
+        VIDWORLD,
+        "train",
+        str(YAML),
+        f"run_dir={run_dir}",
+        f"data.shards={tmp_path / 'curated'}",
+        *TINY,
+        "trainer.max_steps=6",
+        "trainer.eval_every=3",
+        "trainer.save_every=3",
+        "trainer.log_every=1",
+        "trainer.warmup_steps=1",
+        "wandb.mode=disabled",
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -97,3 +114,8 @@ def test_vidworld_train_runs_the_tokenizer_task_and_its_run_folder_loads(tmp_pat
         assert torch.equal(value, trained[f"tokenizer.{name}"])
     video = torch.rand(1, 3, 9, 32, 32) * 2 - 1
     assert tok.decode(tok.encode(video)).shape == video.shape
+    # The eval video plays at the clips' own rate (their KEY.json fps), not the tracker's default.
+    videos = sorted((run_dir / "media").rglob("*.mp4"))
+    assert videos, sorted(p.name for p in run_dir.rglob("*"))
+    with av.open(str(videos[0])) as container:
+        assert float(container.streams.video[0].average_rate) == pytest.approx(15.0)

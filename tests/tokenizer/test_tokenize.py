@@ -1,5 +1,6 @@
 """The tokenize job: clip shards -> latent shards on a local Ray cluster, read back by the loader."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ from pipeline.loader import LoaderConfig, make_loader
 from pipeline.shards import ShardWriter
 from runtime.video import decode_mp4, encode_mp4
 from tokenizer import TokenizerConfig, build_tokenizer, load_tokenizer, save_tokenizer
-from tokenizer.tokenize import TokenizeConfig, frames_to_video, run
+from tokenizer.tokenize import TokenizeConfig, frames_to_video, is_complete, latent_geometry, run
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +101,36 @@ def test_rerun_skips_finished_shards_and_another_tokenizer_is_refused(curated, t
     other = _export(tmp_path / "other", "fsq")
     with pytest.raises(ValueError, match="another tokenizer"):
         run(TokenizeConfig(input=str(root), output=str(out), tokenizer=str(other), num_cpus=2))
+
+
+def test_tokenize_is_complete_until_a_shard_goes_or_the_tokenizer_changes(curated, tmp_path):
+    root, _ = curated
+    export = _export(tmp_path, "gaussian")
+    cfg = TokenizeConfig(input=str(root), output=str(tmp_path / "latents"), tokenizer=str(export), num_cpus=2)
+    assert not is_complete(cfg)
+    run(cfg)
+    assert is_complete(cfg)
+    assert not is_complete(dataclasses.replace(cfg, chunk_frames=5))  # settings that change latents
+    shard = tmp_path / "latents" / "shards" / "shard-000001.tar"
+    kept = shard.read_bytes()
+    shard.unlink()
+    assert not is_complete(cfg)
+    shard.write_bytes(kept)
+    assert is_complete(cfg)
+    save_tokenizer(load_tokenizer(export), None, export)  # re-exported: other weights, by their stamp
+    assert not is_complete(cfg)
+
+
+def test_latent_geometry_is_what_the_dynamics_model_needs_of_the_latents(curated, tmp_path):
+    root, _ = curated
+    assert latent_geometry(tmp_path / "latents") == {}
+    export = _export(tmp_path, "fsq")
+    run(TokenizeConfig(input=str(root), output=str(tmp_path / "latents"), tokenizer=str(export), num_cpus=2))
+    tok = load_tokenizer(export)
+    assert latent_geometry(tmp_path / "latents") == {
+        "temporal_compression": 4,
+        "head": "maskgit",
+        "codebook_size": tok.codebook_size,
+        "latent_height": 4,
+        "latent_width": 4,
+    }

@@ -6,8 +6,13 @@ import json
 
 import pytest
 
+import pipeline.curate
+import tokenizer.tokenize
+from pipeline.manifest import MANIFEST_FILE, STATS_FILE, make_row, write_manifest, write_stats
 from runtime.config import ConfigError, load_config
-from vidworld.pipeline_run import PipelineConfig, StageFailed, compose, run, write_stage_config
+from vidworld import pipeline_run
+from vidworld.layout import OutputLayout
+from vidworld.pipeline_run import PipelineConfig, StageFailed, compose, run, run_stage, write_stage_config
 
 
 def _cfg(tmp_path, *overrides):
@@ -87,3 +92,29 @@ def test_stages_run_in_chain_order_and_a_failure_stops_the_chain_with_its_code(t
     assert code == 75 and seen == ["curate", "tokenizer", "tokenize"]
     assert "rerun the same command" in capsys.readouterr().err
     assert (tmp_path / "out" / "configs" / "pipeline.yaml").is_file()
+
+
+@pytest.mark.parametrize(("stage", "module"), [("curate", pipeline.curate), ("tokenize", tokenizer.tokenize)])
+def test_the_chain_asks_the_stage_whether_its_outputs_are_complete(tmp_path, monkeypatch, stage, module):
+    cfg = _cfg(tmp_path)
+    asked, children = [], []
+    monkeypatch.setattr(pipeline_run, "_child", lambda s, cmd: children.append(cmd[-2:]))
+    monkeypatch.setattr(module, "is_complete", lambda c: asked.append(c.output) or done)
+    done = True
+    assert run_stage(cfg, stage) == "skipped" and children == []
+    done = False
+    assert run_stage(cfg, stage) == "done"
+    assert children == [[stage, str(OutputLayout.of(cfg.output).stage_config(stage))]]
+    assert asked == [compose(cfg, stage)["output"]] * 2
+
+
+def test_curation_outputs_written_make_the_chain_skip_the_stage(tmp_path, monkeypatch):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.mp4").write_bytes(b"video")
+    cfg = _cfg(tmp_path)
+    monkeypatch.setattr(pipeline_run, "_child", lambda s, cmd: None)
+    assert run_stage(cfg, "curate") == "done"
+    out = OutputLayout.of(cfg.output).curated
+    write_manifest([make_row(str(tmp_path / "raw" / "a.mp4"), "a", "ok", clips=1)], out / MANIFEST_FILE)
+    write_stats({"complete": True, "shards": 0}, out / STATS_FILE)
+    assert run_stage(cfg, "curate") == "skipped"

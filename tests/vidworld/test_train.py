@@ -12,15 +12,10 @@ from train_helpers import REFERENCE_YAML, read_wandb_history, run_train
 
 from runtime.checkpoint import consolidated_state_dict
 from runtime.config import ConfigError
+from runtime.parallelize import apply_activation_checkpointing
 from runtime.reference_task import ReferenceModelConfig, ReferenceTask, TinyTransformer
 from runtime.tracking import read_metrics
-from runtime.train import (
-    TrainConfig,
-    apply_activation_checkpointing,
-    deepspeed_config,
-    load_train_config,
-    lr_lambda,
-)
+from runtime.train import TrainConfig, deepspeed_config, load_train_config, lr_lambda
 from runtime.trained import load_trained
 from runtime.video import decode_mp4
 from vidworld.cli import main

@@ -1,0 +1,136 @@
+"""``DynamicsHead``: what every dynamics head shares, so that adding a head is one subclass in one file.
+
+A head owns the frame-causal backbone (``DynamicsTransformer``) and says three things: how a
+clip's frames enter and leave it (``loss`` for training; ``to_frames`` / ``from_frames`` between
+its own layout and the frame-major ``[B, T, h, w(, C)]`` one), how one new frame is sampled given
+the past (``sample_frame``) and how finished frames are written into the KV cache
+(``write_cache``). The base class owns the rest: the blocks the runtime checkpoints, the training
+forward, initialisation, FLOP counting, and the rollout loop (context through the cache, then one
+frame at a time over a sliding window of ``max_frames - 1`` past frames, as in training).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dynamics.config import DynamicsConfig
+from dynamics.transformer import DynamicsTransformer, KVCache, check_rollout_actions, frame_slice
+
+
+class DynamicsHead(nn.Module):
+    """A next-frame model on a ``DynamicsTransformer`` taking ``in_features`` and giving
+    ``out_features`` per latent position. Subclasses implement the methods that raise here."""
+
+    def __init__(self, cfg: DynamicsConfig, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = DynamicsTransformer(cfg, in_features, out_features)
+
+    # -- what the runtime uses ---------------------------------------------------------------
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks, for per-block activation checkpointing and compile by the runtime."""
+        return self.backbone.blocks
+
+    def forward(self, x: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
+        """The training loss (see ``loss``): a wrapped model (DeepSpeed) is called like this."""
+        return self.loss(x, actions)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter in place (after ``to_empty()`` from the meta device): the
+        backbone first, then the head's own layers (``init_head_weights``)."""
+        self.backbone.init_weights()
+        self.init_head_weights()
+
+    def flops_per_sample(self, frames: int | None = None) -> float:
+        """Training FLOPs per clip (see ``DynamicsTransformer.flops_per_sample``)."""
+        return self.backbone.flops_per_sample(frames or self.cfg.max_frames)
+
+    # -- what a head provides ----------------------------------------------------------------
+    def init_head_weights(self) -> None:
+        """Initialise the head's layers outside the backbone (none by default)."""
+
+    def loss(self, x: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
+        """Scalar tensors for a training clip; ``"loss"`` is optimised."""
+        raise NotImplementedError
+
+    def check_input(self, x: Tensor, name: str) -> None:
+        """Raise ``ValueError`` (naming ``name``) when ``x`` is not in the head's layout."""
+        raise NotImplementedError
+
+    def to_frames(self, x: Tensor) -> Tensor:
+        """The head's layout -> frame-major ``[B, T, h, w(, C)]`` (identity by default)."""
+        return x
+
+    def from_frames(self, frames: Tensor) -> Tensor:
+        """Frame-major ``[B, T, h, w(, C)]`` -> the head's layout (identity by default)."""
+        return frames
+
+    def sampling_options(self, **options: Any) -> dict[str, Any]:
+        """The sampler settings of one rollout, ``None`` replaced by the config's value, checked."""
+        raise NotImplementedError
+
+    def sample_frame(
+        self,
+        frames: Tensor,
+        t: int,
+        actions: Tensor | None,
+        cache: KVCache | None,
+        generator: torch.Generator | None,
+        **options: Any,
+    ) -> Tensor:
+        """Frame ``t`` ``[B, 1, h, w(, C)]`` after the frames so far ``[B, t, h, w(, C)]`` (read from
+        ``cache`` when given, else rerun over the window) under ``actions`` (all frames)."""
+        raise NotImplementedError
+
+    def write_cache(
+        self, frames: Tensor, before: Tensor | None, actions: Tensor | None, cache: KVCache
+    ) -> None:
+        """Append the finished ``frames`` ``[B, T, h, w(, C)]`` (their actions: ``actions``) to
+        ``cache``; ``before`` is the frame preceding them (``None`` at the start of a clip)."""
+        raise NotImplementedError
+
+    # -- sampling ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(
+        self,
+        context: Tensor,
+        actions: Tensor | None,
+        horizon: int,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        **sampling: Any,
+    ) -> Tensor:
+        """Generate ``horizon`` frames after ``context`` (the head's layout, ``Tc`` frames) -> the
+        head's layout with ``horizon`` frames.
+
+        ``actions`` cover context and horizon: ``[B, Tc + horizon(, ...)]``. Randomness comes from
+        ``generator`` only. Each new frame sees at most the ``max_frames - 1`` frames before it, as
+        in training (a sliding window; see ``DynamicsTransformer.trim_cache``). ``use_cache=False``
+        reruns that window at every step: the same result while context + horizon <= ``max_frames``,
+        for testing. ``sampling``: the head's sampler settings (``sampling_options``).
+        """
+        self.check_input(context, "context")
+        options = self.sampling_options(**sampling)
+        frames = self.to_frames(context)
+        b, tc = frames.shape[:2]
+        check_rollout_actions(actions, b, tc + horizon)
+        window = max(1, self.cfg.max_frames - 1)
+        cache = KVCache() if use_cache else None
+        if cache is not None:
+            self.write_cache(frames, None, frame_slice(actions, 0, tc), cache)
+            self.backbone.trim_cache(cache, window)
+        for i in range(horizon):
+            t = tc + i
+            new = self.sample_frame(frames, t, actions, cache, generator, **options)
+            before = frames[:, -1:]
+            frames = torch.cat([frames, new], dim=1)
+            if cache is not None and i + 1 < horizon:
+                # The finished frame, clean, goes into the cache for the frames after it.
+                self.write_cache(new, before, frame_slice(actions, t, t + 1), cache)
+                self.backbone.trim_cache(cache, window)
+        return self.from_frames(frames[:, tc:])
