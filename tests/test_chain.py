@@ -20,7 +20,7 @@ import pytest
 from pipeline.samples import SamplesConfig, write_samples
 from runtime.config import load_yaml
 from runtime.trained import trained_step
-from tests.vidworld.train_helpers import read_wandb_history
+from tests.runtime.train_helpers import read_wandb_history
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

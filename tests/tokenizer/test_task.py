@@ -90,7 +90,7 @@ def _write_shards(folder: Path, clips: int = 8) -> None:
 def test_vidworld_train_runs_the_tokenizer_task_and_its_run_folder_loads(tmp_path):
     _write_shards(tmp_path / "curated")
     run_dir = tmp_path / "run"
-    from tests.vidworld.train_helpers import VIDWORLD, train_env
+    from tests.runtime.train_helpers import VIDWORLD, train_env
 
     cmd = [
         VIDWORLD,

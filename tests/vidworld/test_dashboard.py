@@ -12,7 +12,7 @@ import pytest
 from runtime.config import ConfigError
 from runtime.tracking import read_metrics
 from tests.vidworld.report_fixtures import make_output
-from tests.vidworld.train_helpers import read_wandb_history, run_train
+from tests.runtime.train_helpers import read_wandb_history, run_train
 from vidworld.dashboard import (
     PUBLISHED_KEYS,
     RUNTIME_TRAIN_KEYS,
