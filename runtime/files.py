@@ -1,14 +1,26 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never a torn write.
+"""Atomic file writes, and one writer per output folder.
 
 Every artifact vidworld writes (shards, manifests, checkpoints, configs, reports) goes through
-these: write to a temporary name in the same folder, flush and fsync, then ``os.replace``.
+``atomic_open``: write to a temporary name in the same folder, flush and fsync, then
+``os.replace``; a reader sees the old file or the whole new one, never a torn write. Files get
+the permissions the umask allows (as ``open`` would give), so teammates on shared storage can
+read them.
+
+``folder_lock(folder)`` makes one process the folder's writer: a second one stops at once with
+``FolderBusy`` naming the holder's host and pid. The lock is an ``flock`` on ``FOLDER/.lock``:
+the kernel drops it when the holder dies, so a stale lock from a dead process is simply taken.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +35,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -44,3 +57,63 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_open(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where it can be, without changing it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+LOCK_FILE = ".lock"
+
+
+class FolderBusy(RuntimeError):
+    """Another live process is writing the folder; the message names it."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "") -> Iterator[Path]:
+    """Hold ``folder``'s writer lock for the block (the folder is created); raises ``FolderBusy``
+    at once when another process holds it. ``what`` (e.g. "vidworld train") is recorded for the
+    message a second writer gets."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(
+                f"{root} is being written by {_holder(path)}; wait for it to finish, stop it, or choose "
+                "another output folder (one writer per folder)"
+            ) from None
+        os.ftruncate(fd, 0)
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": what or " ".join(sys.argv[:2]),
+        }
+        os.write(fd, json.dumps(info).encode())
+        yield path
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+def _holder(path: Path) -> str:
+    """``host pid N (command, since T)`` from a lock file, as far as it can be read."""
+    try:
+        h = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return "another process (its lock file cannot be read)"
+    if not h:
+        return "another process (it is just starting)"
+    host, pid, command, since = (h.get(k, "?") for k in ("host", "pid", "command", "since"))
+    return f"{host} pid {pid} ({command}, since {since})"
