@@ -77,6 +77,13 @@ class DiffusionDynamics(DynamicsHead):
                 f"{tuple(latents.shape)} {latents.dtype}; set latent_channels to the tokenizer's"
             )
 
+    def check_input_range(self, lo: float, hi: float, name: str) -> None:
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(
+                f"{name} hold non-finite latents (min {lo}, max {hi}): drop or re-tokenize the clips "
+                "whose KEY.latents.npy holds NaN/inf"
+            )
+
     def predict(
         self,
         x: Tensor,
@@ -131,6 +138,7 @@ class DiffusionDynamics(DynamicsHead):
         """
         cfg = self.cfg
         self.check_input(latents, "latents")
+        self.check_values(latents, actions, "latents")
         x0 = latents.permute(0, 2, 3, 4, 1)  # [B, T, h, w, C]
         b, t = x0.shape[:2]
         s = self.noise_levels(torch.rand(b, t, device=x0.device))

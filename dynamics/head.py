@@ -17,7 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
-from dynamics.transformer import DynamicsTransformer, KVCache, check_rollout_actions, frame_slice
+from dynamics.transformer import (
+    DynamicsTransformer,
+    KVCache,
+    check_action_values,
+    check_rollout_actions,
+    frame_slice,
+    value_ranges,
+)
 
 
 class DynamicsHead(nn.Module):
@@ -61,6 +68,25 @@ class DynamicsHead(nn.Module):
     def check_input(self, x: Tensor, name: str) -> None:
         """Raise ``ValueError`` (naming ``name``) when ``x`` is not in the head's layout."""
         raise NotImplementedError
+
+    def check_input_range(self, lo: float, hi: float, name: str) -> None:
+        """Raise ``ValueError`` (naming ``name``) when input values spanning ``[lo, hi]`` are invalid
+        (NaN in either means some value is NaN)."""
+        raise NotImplementedError
+
+    def check_values(self, x: Tensor, actions: Tensor | None, name: str) -> None:
+        """Refuse out-of-range or non-finite inputs ``x`` and ``actions`` on every device.
+
+        Called once per ``loss`` and per ``rollout`` (not per network call). Its cost is one fused
+        min/max reduction per tensor and one host sync, which a training step already pays when the
+        runtime reads the loss; an unchecked bad index would otherwise be a bare IndexError on a CPU
+        and an unreadable device-side assert on a GPU, and NaN would only show as a NaN loss.
+        """
+        checked_actions = actions if self.backbone.action_embed is not None else None
+        x_span, action_span = value_ranges(x, checked_actions)
+        if x_span is not None:
+            self.check_input_range(*x_span, name)
+        check_action_values(checked_actions, action_span, self.cfg)
 
     def to_frames(self, x: Tensor) -> Tensor:
         """The head's layout -> frame-major ``[B, T, h, w(, C)]`` (identity by default)."""
@@ -115,6 +141,7 @@ class DynamicsHead(nn.Module):
         for testing. ``sampling``: the head's sampler settings (``sampling_options``).
         """
         self.check_input(context, "context")
+        self.check_values(context, actions, "context")
         options = self.sampling_options(**sampling)
         frames = self.to_frames(context)
         b, tc = frames.shape[:2]

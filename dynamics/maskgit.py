@@ -37,15 +37,17 @@ class MaskGITDynamics(DynamicsHead):
         nn.init.normal_(self.token_embed.weight, std=0.02)
 
     def check_input(self, indices: Tensor, name: str) -> None:
-        k = self.cfg.codebook_size
         if indices.dim() != 4 or indices.dtype != torch.long:
             raise ValueError(
                 f"{name} must be long [B, T, h, w] FSQ indices, got {tuple(indices.shape)} {indices.dtype}"
             )
-        # Value range checked on CPU only (on a GPU it would cost a host sync every step).
-        if indices.device.type == "cpu" and indices.numel() and (indices.min() < 0 or indices.max() >= k):
+
+    def check_input_range(self, lo: float, hi: float, name: str) -> None:
+        k = self.cfg.codebook_size
+        if lo < 0 or hi >= k:
             raise ValueError(
-                f"{name} hold values outside [0, codebook_size={k}); set codebook_size to the tokenizer's"
+                f"{name} hold indices in [{int(lo)}, {int(hi)}], outside [0, codebook_size={k}); set "
+                "model.codebook_size to the tokenizer's"
             )
 
     def logits(
@@ -61,6 +63,7 @@ class MaskGITDynamics(DynamicsHead):
     def loss(self, indices: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
         """Masked-token cross-entropy for ``indices`` ``[B, T, h, w]``; ``loss`` and ``masked_accuracy``."""
         self.check_input(indices, "indices")
+        self.check_values(indices, actions, "indices")
         b, t = indices.shape[:2]
         ratio = torch.cos(0.5 * math.pi * torch.rand(b, t, 1, 1, device=indices.device))
         masked = torch.rand(indices.shape, device=indices.device) < ratio

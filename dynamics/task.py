@@ -15,6 +15,10 @@ for that frame (their embeddings are summed, so a held or a changed action both 
 gets the reserved "no action" index ``num_actions`` (zeros for continuous actions).
 
 Clips longer than ``max_frames`` latent frames are cut to a random window of ``max_frames``.
+Shorter clips (the loader batches clips of one length) train on all their frames: the loss dict
+then counts them (``short_clips``, ``latent_frames``) and ``flops_per_sample`` /
+``tokens_per_sample`` report the frames actually trained, so MFU does not count missing frames.
+A clip too short to train at all (one latent frame for a residual diffusion model) is refused.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ class DynamicsTask:
         self.data_cfg = train_cfg.data
         self._loader: ClipLoader | None = None
         self._meta = build_dynamics(model_cfg, device=None)  # for counting FLOPs only
+        self._world_size = 1
+        # What loss() has trained so far on this rank (clips, their FLOPs, their latent frames).
+        self._clips, self._flops, self._frames = 0, 0.0, 0
 
     def build_model(self) -> nn.Module:
         """The head ``model.head`` names, constructed only (the runtime places and initialises it)."""
@@ -84,6 +91,14 @@ class DynamicsTask:
                 "tokenizer's latent shards or pick the other head"
             )
         t = x.shape[1]
+        keys = list(batch.get("key") or [])
+        need = 2 if cfg.head == "diffusion" and cfg.residual else 1
+        if t < need:
+            raise ValueError(
+                f"clips {keys[:4] or '(keys unknown)'} have {t} latent frame(s) but head={cfg.head} "
+                f"with residual={cfg.residual} trains on >= {need}: tokenize longer clips, or drop the "
+                "short ones from data.shards"
+            )
         actions = None
         if cfg.action_type != "none":
             if not isinstance(batch.get("actions"), Tensor):
@@ -101,10 +116,16 @@ class DynamicsTask:
             x = x.long()
         else:
             x = (x.float() * cfg.latent_scale).permute(0, 2, 1, 3, 4)  # [B, C, T, h, w]
-        return {"x": x, "actions": None if actions is None else actions[:, start:end]}
+        return {
+            "x": x,
+            "actions": None if actions is None else actions[:, start:end],
+            "keys": keys,
+            "short_clips": x.shape[0] if t < cfg.max_frames else 0,
+        }
 
     def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
         self._loader = make_loader(self.data_cfg, rank, world_size, seed, state)
+        self._world_size = world_size
         generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
         while True:
             for batch in self._loader:
@@ -114,7 +135,10 @@ class DynamicsTask:
         return self._loader.state_dict() if self._loader is not None else {}
 
     # -- training ----------------------------------------------------------------------------
-    def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
+    def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor | float]:
+        """The model's loss dict, plus what the runtime should log about the data: ``short_clips``
+        (clips of this micro-batch shorter than ``max_frames``), ``latent_frames`` (frames trained
+        per clip) and, when training from the loader, ``data_corrupt_skipped`` / ``data_short_skipped``."""
         p = next(iter(model.parameters()))
         x = batch["x"].to(p.device)
         if x.is_floating_point():
@@ -124,13 +148,35 @@ class DynamicsTask:
             actions = actions.to(p.device)
             if actions.is_floating_point():
                 actions = actions.to(p.dtype)
-        return model(x, actions)
+        try:
+            out: dict[str, Tensor | float] = dict(model(x, actions))
+        except ValueError as e:
+            if not batch.get("keys"):
+                raise
+            raise ValueError(f"{e} (batch of clips {batch['keys'][:8]})") from e
+        b, t = x.shape[0], x.shape[1] if self.cfg.is_discrete else x.shape[2]
+        self._clips += b
+        self._frames += b * t
+        self._flops += b * self._meta.flops_per_sample(t)
+        out["short_clips"] = float(batch.get("short_clips", 0))
+        out["latent_frames"] = float(t)
+        if self._loader is not None:
+            # Running counts of this rank's skipped samples (undecodable; shorter than
+            # data.num_frames). The runtime logs an entry's mean over ranks: times world_size,
+            # that is the total over all ranks.
+            out["data_corrupt_skipped"] = float(self._loader.corrupt_count * self._world_size)
+            out["data_short_skipped"] = float(self._loader.short_count * self._world_size)
+        return out
 
     def flops_per_sample(self) -> float:
-        return self._meta.flops_per_sample(self.cfg.max_frames)
+        """FLOPs per clip: the mean over the clips trained so far (short clips cost less), or a
+        ``max_frames`` clip's before the first step."""
+        return self._flops / self._clips if self._clips else self._meta.flops_per_sample(self.cfg.max_frames)
 
     def tokens_per_sample(self) -> int:
-        return self.cfg.max_frames * self.cfg.tokens_per_frame
+        """Latent tokens per clip: the mean over the clips trained so far, or a ``max_frames`` clip's."""
+        frames = self._frames / self._clips if self._clips else self.cfg.max_frames
+        return round(frames * self.cfg.tokens_per_frame)
 
     def eval_media(self, model: nn.Module, batch: Any) -> dict[str, Any]:
         """Open-loop rollout of the second half of each clip from its first half (latent metrics).

@@ -15,6 +15,7 @@ checkpointing from outside. Nothing here knows about devices or distribution.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -225,15 +226,12 @@ class DynamicsTransformer(nn.Module):
                 f"or {(batch, frames, 'k', *item)} (k per latent frame)"
             )
         if cfg.action_type == "discrete":
-            # The range check reads values, a host sync per step on a GPU: only done on CPU, where
-            # an out-of-range index would otherwise be a bare IndexError (CUDA asserts on its own).
-            bad_range = actions.device.type == "cpu" and (
-                actions.min() < 0 or actions.max() > cfg.num_actions
-            )
-            if actions.is_floating_point() or bad_range:
+            # Values are checked once per loss or rollout by the head (check_action_values), not
+            # here: this runs at every sampling step, and a value check costs a host sync.
+            if actions.is_floating_point():
                 raise ValueError(
-                    f"discrete actions must be integers in [0, num_actions={cfg.num_actions}] "
-                    f"({cfg.num_actions} = no action); set num_actions to the environment's action count"
+                    f"discrete actions must be integers in [0, num_actions={cfg.num_actions}], got "
+                    f"{actions.dtype}; store KEY.actions.npy as integers or set action_type=continuous"
                 )
             emb = self.action_embed(actions.long())
         else:
@@ -351,4 +349,65 @@ def check_rollout_actions(actions: Tensor | None, batch: int, frames: int) -> No
         raise ValueError(
             f"actions have shape {tuple(actions.shape)}; a rollout needs one action per frame of "
             f"context + horizon: [B={batch}, {frames}]"
+        )
+
+
+def value_ranges(*tensors: Tensor | None) -> list[tuple[float, float] | None]:
+    """``(min, max)`` of each tensor (``None`` for a missing or empty one).
+
+    One fused ``aminmax`` reduction per tensor and one host sync in all, on any device. NaN
+    anywhere makes both NaN and an infinity shows as the min or max, so the pair also tells
+    whether a tensor is finite.
+    """
+    present = [t for t in tensors if t is not None and t.numel()]
+    if not present:
+        return [None] * len(tensors)
+    device = present[0].device
+    stats = torch.cat(
+        [torch.stack(torch.aminmax(t.detach())).to(device=device, dtype=torch.float64) for t in present]
+    ).tolist()
+    out: list[tuple[float, float] | None] = []
+    for t in tensors:
+        if t is None or not t.numel():
+            out.append(None)
+        else:
+            out.append((stats.pop(0), stats.pop(0)))
+    return out
+
+
+def _span(lo: float, hi: float) -> str:
+    show = lambda v: str(int(v)) if math.isfinite(v) and v == int(v) else str(v)  # noqa: E731
+    return f"[{show(lo)}, {show(hi)}]"
+
+
+def check_action_values(
+    actions: Tensor | None, span: tuple[float, float] | None, cfg: DynamicsConfig, name: str = "actions"
+) -> None:
+    """Refuse actions the model cannot embed; ``span`` is their ``(min, max)`` (``value_ranges``).
+
+    Discrete actions must be integers in ``0..num_actions`` (``num_actions`` = no action);
+    continuous ones must be finite (NaN or inf would poison every frame they touch).
+    """
+    if actions is None or span is None or cfg.action_type == "none":
+        return
+    lo, hi = span
+    finite = math.isfinite(lo) and math.isfinite(hi)
+    if cfg.action_type == "discrete":
+        n = cfg.num_actions
+        if actions.is_floating_point():
+            raise ValueError(
+                f"{name} must be integer action indices in [0, num_actions={n}], got {actions.dtype}"
+                f"{'' if finite else ' holding NaN/inf'}; store KEY.actions.npy as integers, or set "
+                "model.action_type=continuous"
+            )
+        if lo < 0 or hi > n:
+            raise ValueError(
+                f"{name} hold discrete actions in {_span(lo, hi)}, outside the allowed [0, {n}] "
+                f"(model.num_actions={n}; index {n} means no action): set model.num_actions to the "
+                "environment's action count, or drop the clips whose KEY.actions.npy holds these values"
+            )
+    elif not finite:
+        raise ValueError(
+            f"{name} hold non-finite continuous actions (range {_span(lo, hi)}): drop or repair the "
+            "clips whose KEY.actions.npy holds NaN/inf"
         )

@@ -6,9 +6,12 @@
    gets a stable ``source_id`` (a hash of its source).
 2. Ray Data maps over the inputs not yet staged, one task per input. A task probes, decodes,
    splits, filters, transforms and encodes that input's clips (``curate_input``) and writes them,
-   with the input's manifest row, to ``DIR/staging/CONFIG_HASH/SOURCE_ID.tar`` in one atomic
-   write. An input whose staging file exists is done: a rerun skips it, and a run killed midway
-   loses only the inputs in flight.
+   with the input's manifest row, to ``DIR/staging/CONFIG_HASH/SOURCE_ID-VERSION.tar`` in one atomic
+   write (``VERSION``: a hash of a local file's size and mtime, so an edited file is curated again).
+   An input whose staging file exists is done: a rerun skips it, and a run killed midway loses only
+   the inputs in flight. An input that failed for a reason other than its content (an I/O error, a
+   vanished file, its task's worker died) gets no staging file, only ``SOURCE_ID.retry.json`` with its
+   row: the job exits 4 naming it, ``is_complete`` is False, and a rerun tries exactly those inputs.
 3. The driver packs every staged clip into ``DIR/shards/shard-NNNNNN.tar`` in a fixed order
    (source id, clip index) with ``ShardWriter``, adding each clip's ``split``, then writes
    ``DIR/manifest.jsonl`` and ``DIR/stats.json``. Same inputs and config -> byte-identical shards,
@@ -60,19 +63,22 @@ from pipeline.manifest import (
     make_row,
     read_manifest,
     read_stats,
+    retry_rows,
     summarize,
     write_manifest,
     write_stats,
 )
-from pipeline.probe import BadInput, FrameReader, probe
+from pipeline.probe import BadInput, FrameReader, is_io_fault, probe
 from pipeline.scenes import CutConfig, CutDetector
 from pipeline.shards import FORMAT_VERSION, SHARD_PATTERN, SHARDS_DIR, ShardWriter, add_sample, shard_paths
 from runtime.config import ConfigError, load_config
-from runtime.files import atomic_open
+from runtime.files import FolderBusy, atomic_open, atomic_write_text, folder_lock
 from runtime.progress import Progress
 from runtime.video import encode_mp4
 
 ROW_KEY = "row"  # the staging tar member (ROW_KEY.json) that holds the input's manifest row
+RETRY_SUFFIX = ".retry.json"  # staging/CONFIG_HASH/SOURCE_ID.retry.json: the row of an input to try again
+EXIT_RETRY = 4  # cli exit code: some inputs failed for a reason other than their content
 
 
 @dataclass
@@ -150,9 +156,35 @@ def clip_meta(
     return meta
 
 
-def _load_sidecars(item: InputItem, num_frames: int, notes: list[str]) -> tuple[Any, Any]:
-    """The input's actions and rewards arrays (or None), checked for one entry per decoded frame;
-    a sidecar that does not fit is left out and ``notes`` says why."""
+def check_sidecar(name: str, url: str, arr: np.ndarray, num_frames: int) -> str | None:
+    """Why an actions or rewards array cannot be trusted, or None: it must have one entry per decoded
+    frame, hold numbers, be finite, and (integer actions, i.e. discrete ones) be >= 0."""
+    if arr.ndim == 0 or len(arr) != num_frames:
+        n = "a scalar" if arr.ndim == 0 else f"{len(arr)} entries"
+        return (
+            f"{name} file {url} has {n} but the video decoded to {num_frames} frames; "
+            "write one entry per frame"
+        )
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        return f"{name} file {url} holds {arr.dtype} values, not numbers; save a numeric array"
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))
+        return (
+            f"{name} file {url} has {len(bad)} non-finite (NaN or inf) entries (first at frame {bad[0]}); "
+            "fix or drop them at the source"
+        )
+    if name == "actions" and np.issubdtype(arr.dtype, np.signedinteger) and (arr < 0).any():
+        bad = np.flatnonzero((arr.reshape(len(arr), -1) < 0).any(axis=1))
+        return (
+            f"{name} file {url} has {len(bad)} negative discrete actions (first {int(arr[bad[0]].min())} "
+            f"at frame {bad[0]}); discrete actions are indices 0..N-1"
+        )
+    return None
+
+
+def _load_sidecars(item: InputItem, num_frames: int) -> tuple[Any, Any]:
+    """The input's actions and rewards arrays (or None). Raises ``BadInput``: ``failed`` for a sidecar
+    that is not a valid array for this video (``check_sidecar``), to retry when it could not be read."""
     arrays: dict[str, Any] = {"actions": None, "rewards": None}
     for name, url in (("actions", item.actions), ("rewards", item.rewards)):
         if url is None:
@@ -160,14 +192,14 @@ def _load_sidecars(item: InputItem, num_frames: int, notes: list[str]) -> tuple[
         try:
             arr = load_array(url)
         except (OSError, ValueError) as e:
-            notes.append(f"{name} file {url} unreadable ({e}); clips have no {name}")
-            continue
-        if len(arr) != num_frames:
-            notes.append(
-                f"{name} has {len(arr)} entries but the video decoded to {num_frames} frames; "
-                f"clips have no {name} (write one entry per frame)"
-            )
-            continue
+            if is_io_fault(e):
+                raise BadInput("failed", f"{name} file {url} could not be read ({e})", retry=True) from e
+            raise BadInput(
+                "failed", f"{name} file {url} is not a .npy array ({e}); save it with np.save"
+            ) from e
+        why = check_sidecar(name, url, arr, num_frames)
+        if why:
+            raise BadInput("failed", why)
         arrays[name] = arr
     return arrays["actions"], arrays["rewards"]
 
@@ -248,7 +280,7 @@ def curate_input(
                 f"no scene is long enough for one clip of {cfg.clip_frames} frames at "
                 f"{cfg.fps:g} fps ({clip_s:.2f} s); video lasts {last_time:.2f} s",
             )
-        actions, rewards = _load_sidecars(item, reader.count, notes)
+        actions, rewards = _load_sidecars(item, reader.count)
         clips: list[tuple[str, dict[str, Any]]] = []
         for plan, key, members in kept:
             if actions is not None:
@@ -266,11 +298,16 @@ def curate_input(
             row = make_row(item.source, item.source_id, "skipped", reason, 0, filtered, info.as_dict())
     except BadInput as e:
         row = make_row(
-            item.source, item.source_id, e.status, e.reason, probe=info.as_dict() if info else None
+            item.source,
+            item.source_id,
+            e.status,
+            e.reason,
+            probe=info.as_dict() if info else None,
+            retry=e.retry,
         )
         clips = []
     except FileNotFoundError as e:
-        row = make_row(item.source, item.source_id, "failed", f"file not found ({e})")
+        row = make_row(item.source, item.source_id, "failed", f"file not found ({e})", retry=True)
         clips = []
     except Exception as e:  # a bug or an input we did not foresee must not stop the job, nor pass silently
         row = make_row(
@@ -279,6 +316,7 @@ def curate_input(
             "failed",
             f"unexpected error: {type(e).__name__}: {e}",
             probe=info.as_dict() if info else None,
+            retry=is_io_fault(e),  # disk full, I/O error, out of memory: not the input's fault
         )
         clips = []
     row["timing"] = {k: round(v, 4) for k, v in timing.items()}
@@ -288,20 +326,46 @@ def curate_input(
 # --- staging ------------------------------------------------------------------------------------
 
 
+def input_version(item: InputItem) -> str:
+    """A local input's size and mtime, hashed (an edited file gets a new one); ``""`` for a URL or a
+    file that cannot be statted (a URL is taken to name fixed content)."""
+    if "://" in item.source:
+        return ""
+    try:
+        st = os.stat(item.source)
+    except OSError:
+        return ""
+    return hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:8]
+
+
 def staging_path(staging_dir: Path, item: InputItem) -> Path:
-    return staging_dir / f"{item.source_id}.tar"
+    version = input_version(item)
+    return staging_dir / (f"{item.source_id}-{version}.tar" if version else f"{item.source_id}.tar")
+
+
+def retry_path(staging_dir: Path, item: InputItem) -> Path:
+    return staging_dir / f"{item.source_id}{RETRY_SUFFIX}"
 
 
 def stage_input(item: InputItem, cfg: CurateConfig, staging_dir: Path) -> dict[str, Any]:
-    """Curate one input and write its clips and row to its staging tar in one atomic write."""
+    """Curate one input and write its clips and row to its staging tar in one atomic write; a row to
+    retry goes to its ``.retry.json`` instead, so the input stays pending."""
     row, clips = curate_input(item, cfg)
+    if row.get("retry"):
+        atomic_write_text(retry_path(staging_dir, item), json.dumps(row))
+        return row
+    path = staging_path(staging_dir, item)
     with (
-        atomic_open(staging_path(staging_dir, item), "wb") as f,
+        atomic_open(path, "wb") as f,
         tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar,
     ):
         for key, members in clips:
             add_sample(tar, key, members)
         add_sample(tar, ROW_KEY, {"json": row})
+    retry_path(staging_dir, item).unlink(missing_ok=True)
+    for old in staging_dir.glob(f"{item.source_id}*.tar"):  # the staging of an earlier version of the file
+        if old != path:
+            old.unlink(missing_ok=True)
     return row
 
 
@@ -312,10 +376,13 @@ def read_staged(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, b
     return row, list(samples.items())
 
 
-def _clean_temporaries(folder: Path) -> None:
-    """Remove temporary files a killed run left (atomic writes that never finished)."""
-    for p in folder.glob(".*.tmp"):
-        p.unlink(missing_ok=True)
+def _clean_temporaries(folder: Path, patterns: list[str]) -> None:
+    """Remove temporary files a killed run of this job left (atomic writes that never finished) of the
+    files named by ``patterns`` (globs of final names); anyone else's files in the folder are left be.
+    Safe because the caller holds the output folder's lock: no live run of this job writes them."""
+    for pattern in patterns:
+        for p in folder.glob(f".{pattern}.*.tmp"):
+            p.unlink(missing_ok=True)
 
 
 def _stage_with_ray(items: list[InputItem], cfg: CurateConfig, staging_dir: Path) -> int:
@@ -401,6 +468,8 @@ def pack(
         path = staging_path(staging_dir, item)
         if path.is_file():
             staged[item.source_id] = read_staged(path)
+        elif retry_path(staging_dir, item).is_file():
+            rows.append(json.loads(retry_path(staging_dir, item).read_text()))
         else:
             rows.append(
                 make_row(
@@ -409,6 +478,7 @@ def pack(
                     "failed",
                     "the Ray task for this input died "
                     "(worker crash or out of memory); rerun the same command to retry it",
+                    retry=True,
                 )
             )
     has_actions = {
@@ -419,7 +489,7 @@ def pack(
     splits = split_sources(has_actions, cfg.heldout_fraction, cfg.seed)
     shard_dir = out / SHARDS_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
-    _clean_temporaries(shard_dir)
+    _clean_temporaries(shard_dir, ["shard-*.tar"])
     with ShardWriter(shard_dir, cfg.samples_per_shard) as writer:
         for source_id in sorted(staged):
             row, clips = staged[source_id]
@@ -451,15 +521,21 @@ def curation_inputs(spec: str) -> list[InputItem]:
 
 def run(cfg: CurateConfig) -> dict[str, Any]:
     """Run the whole job; returns the stats (also in ``DIR/stats.json``), with ``complete`` False
-    when ``max_inputs`` stopped it before packing."""
+    when ``max_inputs`` stopped it before packing or some inputs must be retried (``retry`` lists
+    them). Holds ``DIR``'s writer lock: a second job on the same folder stops with ``FolderBusy``."""
     cfg.validate()
+    with folder_lock(cfg.output, "vidworld curate"):
+        return _run_locked(cfg)
+
+
+def _run_locked(cfg: CurateConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     out = Path(cfg.output)
     items = curation_inputs(cfg.input)
     staging_dir = out / "staging" / cfg.fingerprint()
     staging_dir.mkdir(parents=True, exist_ok=True)
-    _clean_temporaries(staging_dir)
     pending = [i for i in items if not staging_path(staging_dir, i).is_file()]
+    _clean_temporaries(staging_dir, [f"{i.source_id}*" for i in pending])
     print(
         f"curate: {len(items)} inputs, {len(items) - len(pending)} already staged, {len(pending)} to do",
         file=sys.stderr,
@@ -488,8 +564,11 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
         write_manifest(rows, out / MANIFEST_FILE)
         stats = summarize(rows, cfg.clip_frames / cfg.fps, len(shards))
         stats["worker_seconds"] = {k: round(v, 3) for k, v in sorted(timing.items())}
-        stats["complete"] = True
+        retry = sorted(r["source"] for r in retry_rows(rows))
+        stats["complete"] = not retry
+        stats["retry"] = retry
         stats["pack_key"] = key
+        stats["inputs_key"] = inputs_key(items)
         write_stats(stats, out / STATS_FILE)
     print(
         f"curate: {stats['clips']} clips in {stats['shards']} shards from {stats['inputs']} inputs "
@@ -499,6 +578,16 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
         flush=True,
     )
     return stats
+
+
+def inputs_key(items: list[InputItem]) -> str:
+    """What the inputs are: each source with its ``input_version`` (size and mtime of a local file),
+    and its sidecars'; any input added, removed or edited changes it. One ``stat`` per file."""
+    h = hashlib.sha1()
+    for item in sorted(items, key=lambda i: i.source):
+        sides = [(u, input_version(InputItem(u))) for u in (item.actions, item.rewards) if u]
+        h.update(json.dumps([item.source, input_version(item), item.caption, sides]).encode() + b"\n")
+    return h.hexdigest()[:16]
 
 
 def _pack_key(items: list[InputItem], staging_dir: Path, cfg: CurateConfig) -> str:
@@ -519,15 +608,15 @@ def _packed_stats(out: Path, key: str) -> dict[str, Any] | None:
         stats = read_stats(out / STATS_FILE)
     except (OSError, ValueError):
         return None
-    if stats.get("pack_key") != key or not (out / MANIFEST_FILE).is_file():
+    if not stats.get("complete") or stats.get("pack_key") != key or not (out / MANIFEST_FILE).is_file():
         return None
     return stats if all(p.is_file() for p in shard_paths(out, int(stats.get("shards", -1)))) else None
 
 
 def is_complete(cfg: CurateConfig) -> bool:
-    """Whether ``cfg.output`` holds a finished curation of ``cfg.input``: the stats say complete, every
-    shard they count is there, and the manifest has a row for exactly the inputs (an input added or
-    removed since makes it incomplete)."""
+    """Whether ``cfg.output`` holds a finished curation of ``cfg.input`` as it is now: the stats say
+    complete (no input waits for a retry), every shard they count is there, the manifest has a row
+    for exactly the inputs, and no input was added, removed or edited since (``inputs_key``)."""
     out = Path(cfg.output)
     try:
         stats = read_stats(out / STATS_FILE)
@@ -537,25 +626,40 @@ def is_complete(cfg: CurateConfig) -> bool:
     shards = shard_paths(out, int(stats.get("shards", -1)))
     if not stats.get("complete") or "shards" not in stats or not all(p.is_file() for p in shards):
         return False
+    if retry_rows(rows):
+        return False
     try:  # listed last: for a URL or list file it is the slow part
-        sources = {i.source for i in curation_inputs(cfg.input)}
+        items = curation_inputs(cfg.input)
     except ValueError:
         return False
-    return sources == {r["source"] for r in rows}
+    return {i.source for i in items} == {r["source"] for r in rows} and stats.get("inputs_key") == inputs_key(
+        items
+    )
 
 
 def cli(config_path: str, overrides: list[str]) -> int:
     """``vidworld curate jobs/curate.yaml input=PATH output=DIR [key=value ...]``.
 
-    Exit codes: 0 done, 1 no usable input listing, 2 config error, 3 stopped by ``max_inputs``."""
+    Exit codes: 0 done, 1 no usable input listing or the output folder is busy, 2 config error,
+    3 stopped by ``max_inputs``, 4 some inputs failed for a reason other than their content (rerun)."""
     cfg = load_config(CurateConfig, config_path, overrides)
     try:
         stats = run(cfg)
     except ConfigError:
         raise
-    except ValueError as e:  # no inputs matched, bad list file: the message names the input
+    except (ValueError, FolderBusy) as e:  # no inputs matched, bad list file, another writer: named
         print(f"vidworld curate: {e}", file=sys.stderr)
         return 1
+    if stats.get("retry"):
+        rows = {r["source"]: r for r in retry_rows(read_manifest(Path(cfg.output) / MANIFEST_FILE))}
+        lines = "\n".join(f"  {s}: {rows[s]['reason'] if s in rows else ''}" for s in stats["retry"])
+        print(
+            f"vidworld curate: {len(stats['retry'])} input(s) failed for a reason other than their content "
+            f"(I/O error, vanished file, worker crash or out of memory); the others are kept. Fix the cause "
+            f"and rerun the same command to retry exactly these:\n{lines}",
+            file=sys.stderr,
+        )
+        return EXIT_RETRY
     return 0 if stats["complete"] else 3
 
 

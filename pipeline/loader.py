@@ -59,7 +59,8 @@ class LoaderConfig:
 
     ``shards``: a glob (``dir/shard-*.tar``), a brace list (``dir/shard-{000000..000009}.tar``), a
     comma-separated list of either, or a dataset folder (``DIR`` holding ``shards/``, or a folder of
-    ``.tar`` files). Remote URLs (``http://``, ``pipe:``...) pass through to WebDataset's ``gopen``.
+    ``.tar`` files). Remote URLs (``http://``, ``s3://``...) pass through to WebDataset's ``gopen``;
+    ``pipe:CMD`` URLs run ``CMD`` in a shell, so they are refused unless ``allow_pipe`` is true.
     """
 
     shards: str = "???"  # from Python a list of paths (or globs) works too
@@ -75,6 +76,8 @@ class LoaderConfig:
     # Decode only these fields ("frames" for KEY.mp4, "actions", "latents", ...); the others are
     # dropped unread. None keeps all. A tokenizer reads frames alone, whether or not clips have actions.
     fields: list[str] | None = None
+    # WebDataset "pipe:CMD" shard URLs run CMD in a shell: a config (or an override) could run anything.
+    allow_pipe: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -100,7 +103,9 @@ def _is_url(spec: str) -> bool:
     return "://" in spec or spec.startswith("pipe:")
 
 
-def resolve_shards(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+def resolve_shards(
+    shards: str | os.PathLike | Sequence[str | os.PathLike], allow_pipe: bool = False
+) -> list[str]:
     """Expand a shard spec (see ``LoaderConfig.shards``) or a list of paths into a sorted list of shards.
 
     Each glob or folder is sorted; the parts of a comma or brace list keep their order; duplicates
@@ -115,6 +120,12 @@ def resolve_shards(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> l
         parts = [os.fspath(p) for p in shards]
         if not parts:
             raise ValueError("the shard list is empty: pass at least one shard path")
+    piped = [p for p in parts if p.lstrip().startswith("pipe:")]
+    if piped and not allow_pipe:
+        raise ValueError(
+            f"shard URL {piped[0]!r} is a 'pipe:' URL, which runs a shell command; set "
+            "data.allow_pipe=true to allow it (only for configs you trust)"
+        )
     out: list[str] = []
     for part in parts:
         items = list(braceexpand.braceexpand(part))
@@ -466,7 +477,7 @@ class ClipLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1} (world_size={world_size})")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.urls = resolve_shards(cfg.shards)
+        self.urls = resolve_shards(cfg.shards, allow_pipe=cfg.allow_pipe)
         self.seed = seed
         self.epoch = 0
         self.samples_seen = 0

@@ -6,7 +6,10 @@
      "clips": int, "split": "train" | "heldout", "filtered": {reason: clips dropped},
      "probe": {container, codec, width, height, fps, duration, rotation, num_frames} | null}
 
-``reason`` is empty for an ``ok`` row without remarks. ``DIR/stats.json`` holds the totals:
+``reason`` is empty for an ``ok`` row without remarks. A ``failed`` row whose cause was a failure to
+read the input or to run its task (I/O error, vanished file, worker crash or out of memory), not the
+input's content, also has ``"retry": true``: the job did not finish it, and a rerun tries it again.
+``DIR/stats.json`` holds the totals:
 inputs by status, clips, clips dropped per filter reason, seconds of source and of clips,
 source resolutions, and clips and sources per split.
 """
@@ -34,11 +37,15 @@ def make_row(
     clips: int = 0,
     filtered: dict[str, int] | None = None,
     probe: dict[str, Any] | None = None,
+    retry: bool = False,
 ) -> dict[str, Any]:
-    """One manifest row (``split`` is added when the job packs its shards)."""
+    """One manifest row (``split`` is added when the job packs its shards); ``retry`` marks a failure
+    that was not the input's fault (see the module docstring)."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {STATUSES}")
-    return {
+    if retry and status != "failed":
+        raise ValueError(f"only a failed row can be retried, got status {status!r}")
+    row = {
         "source": source,
         "source_id": source_id,
         "status": status,
@@ -47,6 +54,14 @@ def make_row(
         "filtered": dict(sorted((filtered or {}).items())),
         "probe": probe,
     }
+    if retry:
+        row["retry"] = True
+    return row
+
+
+def retry_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows a rerun must try again (failures that were not the input's fault)."""
+    return [r for r in rows if r.get("retry")]
 
 
 def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:

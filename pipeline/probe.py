@@ -3,11 +3,14 @@
 ``probe(src)`` reads the container header and the first frame; ``decode_frames(src, w, h)``
 decodes all frames resized to ``w x h`` (stored orientation) with their timestamps. Both raise
 ``BadInput`` whose ``status`` is ``"skipped"`` (nothing wrong, nothing to use: empty file, audio
-only) or ``"failed"`` (corrupt, truncated, not a video) and whose message a person understands.
+only) or ``"failed"`` (corrupt, truncated, not a video) and whose message a person understands. A failure
+to *read* the file (permission denied, I/O error, file vanished, disk full) says nothing about its
+content: its ``BadInput`` has ``retry`` set, and curation tries the input again on the next run.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from collections.abc import Iterator
@@ -23,12 +26,27 @@ TEXT_FORMATS = frozenset({"tty"})
 TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
 
 
-class BadInput(Exception):
-    """An input that yields no clips, with the manifest ``status`` and a readable reason."""
+# errno values of a failure to read or write, not of what the file holds: a rerun may succeed.
+IO_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ENOENT, errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.ENXIO,
+     errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EISDIR}
+)  # fmt: skip
 
-    def __init__(self, status: str, reason: str) -> None:
+
+def is_io_fault(e: BaseException) -> bool:
+    """Whether ``e`` is a failure to read or write (see ``IO_ERRNOS``), not a sign of bad content."""
+    return isinstance(e, (MemoryError, FileNotFoundError, PermissionError)) or (
+        isinstance(e, OSError) and abs(getattr(e, "errno", 0) or 0) in IO_ERRNOS
+    )
+
+
+class BadInput(Exception):
+    """An input that yields no clips, with the manifest ``status`` and a readable reason; ``retry``
+    when the cause is a failure to read it (not its content), so a rerun should try it again."""
+
+    def __init__(self, status: str, reason: str, retry: bool = False) -> None:
         super().__init__(reason)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.retry = status, reason, retry
 
 
 @dataclass
@@ -123,7 +141,7 @@ def probe(src: Source) -> VideoInfo:
     except BadInput:
         raise
     except (av.error.FFmpegError, OSError, ValueError, StopIteration) as e:
-        raise BadInput("failed", _explain(e)) from e
+        raise BadInput("failed", _explain(e), retry=is_io_fault(e)) from e
 
 
 class FrameReader:
@@ -174,7 +192,7 @@ class FrameReader:
         except BadInput:
             raise
         except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
-            raise BadInput("failed", _explain(e)) from e
+            raise BadInput("failed", _explain(e), retry=is_io_fault(e)) from e
         if not self.count:
             raise BadInput("failed", "the video stream has no decodable frames (corrupt or truncated)")
 

@@ -3,21 +3,37 @@
 ``load_config(Schema, "jobs/x.yaml", ["trainer.max_steps=10"])`` merges the three in that order
 with OmegaConf. A key that the schema does not declare, or a value of the wrong type, fails at
 start with a ``ConfigError`` naming the key, the file it came from and what to do.
+
+Secrets stay out of files. A value given as ``${oc.env:NAME}`` (say ``${oc.env:WANDB_API_KEY}``)
+is resolved for the run in memory, but ``to_yaml``/``save_config`` write the ``${oc.env:NAME}`` text
+back, not the value: the run folder's ``config.yaml`` (and the report that shows it) never holds
+the secret, and reading that file again resolves the same variable from the environment of
+whoever reads it. The written config therefore needs that variable set where it is used again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from runtime.files import atomic_write_text
 
 T = TypeVar("T")
+
+# A loaded config object remembers, under this attribute, which of its values came from ``oc.env``:
+# ``[(path, raw text, resolved value), ...]`` (path as a tuple of keys and list indices).
+_ENV_REFS_ATTR = "_config_env_interpolations"
+# Environment variables whose values are never written, wherever they turn up (a value copied
+# from one config into another loses its ``oc.env`` origin): names that say they are credentials.
+_CREDENTIAL_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+_MIN_CREDENTIAL_LEN = 8  # shorter values ("1", "true") would be replaced all over the config
 
 
 class ConfigError(ValueError):
@@ -31,6 +47,14 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
         raise ConfigError(
             f"override {bad[0]!r} is not of the form key=value (for example trainer.max_steps=100)"
         )
+    for override in overrides:
+        try:
+            yaml.safe_load(override.split("=", 1)[1])
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"override {override!r}: its value is not valid YAML ({str(e).splitlines()[0]}); "
+                "check its brackets and quotes, e.g. tags='[\"a\", \"b\"]'"
+            ) from e
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as e:  # pragma: no cover - OmegaConf's own parse errors
@@ -45,7 +69,7 @@ def _valid_keys(base: DictConfig, key: str) -> list[str]:
 
 def _explain(e: OmegaConfBaseException, source: str, schema_name: str, base: DictConfig) -> ConfigError:
     key = str(getattr(e, "full_key", None) or getattr(e, "key", None) or "?")
-    msg = str(getattr(e, "msg", e)).splitlines()[0]
+    msg = _scrub_credentials(str(getattr(e, "msg", e)).splitlines()[0])
     if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
         return ConfigError(
             f"{source}: unknown config key '{key}' for {schema_name}; check its spelling. "
@@ -109,16 +133,112 @@ def load_config(
         raise ConfigError(
             f"{src}: required config key(s) {missing} have no value; set them, e.g. {missing[0]}=..."
         )
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    return to_object(cfg, str(path or "the config"))
+
+
+def to_object(cfg: DictConfig, source: str = "the config") -> Any:
+    """``OmegaConf.to_object`` that also remembers which values came from ``${oc.env:...}``, so that
+    ``save_config`` writes those back as the interpolation, not the value. Use it instead of
+    ``OmegaConf.to_object`` wherever a loaded config may later be saved. An unset variable fails
+    with a ``ConfigError`` naming the key."""
+    try:
+        refs = _env_interpolations(cfg)
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise _explain(e, source, "the config", cfg) from e
+    if refs:
+        try:
+            object.__setattr__(obj, _ENV_REFS_ATTR, refs)
+        except (AttributeError, TypeError):  # slotted classes: the credential rule still applies
+            pass
+    return obj
+
+
+KeyPath = tuple[Any, ...]
+
+
+def _leaves(node: Any, prefix: KeyPath = ()) -> list[tuple[KeyPath, Any]]:
+    if isinstance(node, dict):
+        return [leaf for k, v in node.items() for leaf in _leaves(v, (*prefix, k))]
+    if isinstance(node, list):
+        return [leaf for i, v in enumerate(node) for leaf in _leaves(v, (*prefix, i))]
+    return [(prefix, node)]
+
+
+def _get(node: Any, path: KeyPath) -> Any:
+    for k in path:
+        node = node[k]
+    return node
+
+
+def _strings(node: Any) -> list[str]:
+    return [v for _, v in _leaves(node) if isinstance(v, str)]
+
+
+def _env_interpolations(cfg: DictConfig) -> list[tuple[KeyPath, str, Any]]:
+    """``(path, raw text, resolved value)`` of every value that is an ``oc.env`` interpolation, or an
+    interpolation whose value holds one's value (``b: ${a}`` with ``a: ${oc.env:X}``)."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    if "oc.env" not in str(raw):
+        return []
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    interpolations = [(p, v) for p, v in _leaves(raw) if isinstance(v, str) and "${" in v]
+    refs = [(p, v, _get(resolved, p)) for p, v in interpolations if "oc.env" in v]
+    values = {s for _, _, r in refs for s in _strings(r) if s}
+    for p, v in interpolations:
+        if "oc.env" not in v and any(x in s for s in _strings(_get(resolved, p)) for x in values):
+            refs.append((p, v, _get(resolved, p)))
+    return refs
+
+
+def _credentials() -> dict[str, str]:
+    """Values of the environment's credential-named variables, longest first."""
+    found = {
+        v: k for k, v in os.environ.items() if _CREDENTIAL_NAME.search(k) and len(v) >= _MIN_CREDENTIAL_LEN
+    }
+    return {v: found[v] for v in sorted(found, key=len, reverse=True)}
+
+
+def _scrub_credentials(text: str, credentials: dict[str, str] | None = None) -> str:
+    for value, name in (_credentials() if credentials is None else credentials).items():
+        text = text.replace(value, "${oc.env:" + name + "}")
+    return text
 
 
 def to_yaml(cfg: Any) -> str:
-    """The YAML text of a dataclass config (or DictConfig), resolved."""
+    """The YAML text of a config (dataclass, DictConfig or mapping), resolved except for secrets.
+
+    Values that came from ``${oc.env:NAME}`` (known for objects from ``load_config``/``to_object``,
+    and for DictConfigs, which keep their raw text) are written as that interpolation. Whatever
+    the origin, the value of an environment variable named like a credential (``*KEY*``,
+    ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``, ``*CREDENTIAL*``; 8 characters or more) is written
+    as ``${oc.env:NAME}`` wherever it appears in a string.
+    """
+    refs = list(getattr(cfg, _ENV_REFS_ATTR, ()))
     if dataclasses.is_dataclass(cfg):
-        cfg = OmegaConf.structured(cfg)
-    return OmegaConf.to_yaml(cfg, resolve=True)
+        node = OmegaConf.structured(cfg)
+    elif OmegaConf.is_config(cfg):
+        node = cfg
+        refs += _env_interpolations(cfg) if isinstance(cfg, DictConfig) else []
+    else:
+        node = OmegaConf.create(cfg)
+    data = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    for path, raw, resolved in refs:
+        try:
+            if _get(data, path[:-1])[path[-1]] == resolved:  # not changed since it was loaded
+                _get(data, path[:-1])[path[-1]] = raw
+        except (KeyError, IndexError, TypeError):
+            continue
+    credentials = _credentials()
+    if credentials:
+        for path, value in _leaves(data):
+            if isinstance(value, str) and path:
+                _get(data, path[:-1])[path[-1]] = _scrub_credentials(value, credentials)
+    return OmegaConf.to_yaml(OmegaConf.create(data))
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
-    """Write the resolved config as YAML, atomically (so a run folder always says how it was made)."""
+    """Write the config as YAML, atomically (so a run folder always says how it was made): resolved,
+    except that values from the environment stay ``${oc.env:...}`` (see ``to_yaml``), so no secret
+    is ever written to disk."""
     return atomic_write_text(path, to_yaml(cfg))

@@ -2,8 +2,9 @@
 
 A stage module gives its config dataclass and a function of that config; ``stage_cli`` loads the
 config (errors name the key and the source, exit 2 through ``vidworld.cli``), runs the function,
-turns the errors a user can fix (a missing file, a bad value) into one line on stderr and exit 1,
-and lets the stage turn its result into the exit code (and print its summary).
+turns the errors a user can fix (a missing file, a bad value, another writer on the output
+folder) into one line on stderr and exit 1, and lets the stage turn its result into the exit code
+(and print its summary).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from runtime.config import load_config
+from runtime.files import FolderBusy
 
 C = TypeVar("C")
 
@@ -29,7 +31,7 @@ def stage_cli(
     cfg = load_config(schema, config_path, overrides)
     try:
         result = fn(cfg)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, FolderBusy) as e:
         print(f"vidworld {name}: {e}", file=sys.stderr)
         return 1
     return int(done(cfg, result)) if done is not None else 0

@@ -14,9 +14,15 @@ Latent frame 0 codes source frame 0 alone; latent frame i > 0 codes source frame
 ``1 + (i-1)*t .. i*t`` (``t`` = temporal compression). The folder gets ``manifest.jsonl`` (one row
 per input shard: ``source``, ``status``, ``reason``, ``clips``, ``corrupt``) and ``stats.json``
 (totals, the tokenizer, ``latent_shape``, ``latent_std``, the ``fingerprint`` of the tokenizer
-weights and settings, ``complete``), like curation's. ``is_complete(cfg)`` says whether a folder holds
-this job's finished output; ``latent_geometry(folder)`` reads the dynamics model's side of the
-tokenizer seam from the stats.
+weights and settings and of the input shards, ``complete``), like curation's. ``is_complete(cfg)``
+says whether a folder holds this job's finished output for the inputs as they are now;
+``latent_geometry(folder)`` reads the dynamics model's side of the tokenizer seam from the stats.
+
+The input shards are identified by name, size and mtime (one ``stat`` each; curation rewrites every
+shard it repacks). When they changed since the folder was written (the clips were curated again),
+the run removes the old latent shards and rows first and tokenizes everything again, so old and new
+clips are never mixed. Latents of another tokenizer or settings are refused, never overwritten.
+The job holds the output folder's writer lock (``runtime.files.folder_lock``).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from pipeline.curate import iter_shard
 from pipeline.loader import resolve_shards
 from pipeline.manifest import MANIFEST_FILE, STATS_FILE, read_stats, write_manifest
 from pipeline.shards import SHARD_PATTERN, SHARDS_DIR, add_sample, shard_paths
-from runtime.files import atomic_open, atomic_write_text
+from runtime.files import atomic_open, atomic_write_text, folder_lock
 from runtime.progress import Progress
 from runtime.stage import stage_cli
 from runtime.video import decode_mp4
@@ -86,13 +92,30 @@ def _fingerprint(cfg: TokenizeConfig) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+def inputs_fingerprint(sources: list[str]) -> str:
+    """The input shards as they are now: each one's name, size and mtime (a URL: its name only)."""
+    h = hashlib.sha1()
+    for src in sources:
+        try:
+            st = os.stat(src)
+            h.update(f"{src}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except (OSError, ValueError):  # a URL (or a shard gone since listing: the run will say so)
+            h.update(f"{src}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _full_fingerprint(cfg: TokenizeConfig) -> str:
+    return f"{_fingerprint(cfg)}+{inputs_fingerprint(resolve_shards(cfg.input))}"
+
+
 def is_complete(cfg: TokenizeConfig) -> bool:
     """Whether ``cfg.output`` holds this job's finished output: the stats say complete, were made with
-    this tokenizer's weights as they are now and these settings, and every shard they count is there."""
+    this tokenizer's weights as they are now and these settings, from the input shards as they are now
+    (``inputs_fingerprint``), and every shard they count is there."""
     out = Path(cfg.output)
     try:
         stats = read_stats(out / STATS_FILE)
-        fingerprint = _fingerprint(cfg)
+        fingerprint = _full_fingerprint(cfg)
     except (OSError, ValueError):
         return False
     return (
@@ -220,7 +243,21 @@ class ShardEncoder:
 
 
 def run(cfg: TokenizeConfig) -> dict[str, Any]:
-    """Tokenize every input shard not yet done; returns the stats (also in ``output/stats.json``)."""
+    """Tokenize every input shard not yet done; returns the stats (also in ``output/stats.json``).
+    Raises ``FolderBusy`` when another process writes ``cfg.output``."""
+    with folder_lock(cfg.output, "vidworld tokenize"):
+        return _run_locked(cfg)
+
+
+def _start_over(out: Path, shard_dir: Path, rows_dir: Path) -> None:
+    """Remove what a run on other inputs left; the stats go first, so no reader sees a mix as complete."""
+    (out / STATS_FILE).unlink(missing_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    for p in [*rows_dir.glob("*.json"), *shard_dir.glob("shard-*.tar")]:
+        p.unlink()
+
+
+def _run_locked(cfg: TokenizeConfig) -> dict[str, Any]:
     import ray
 
     from runtime.cluster import init_ray
@@ -230,16 +267,26 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
     out = Path(cfg.output)
     shard_dir = out / SHARDS_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
+    rows_dir = out / "rows"
+    rows_dir.mkdir(exist_ok=True)
     fingerprint = _fingerprint(cfg)
+    inputs = inputs_fingerprint(sources)
     stamp = out / "tokenizer.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") != fingerprint:
+    old = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if old and old.get("fingerprint") != fingerprint:
         raise ValueError(
             f"{out} holds latents of another tokenizer or settings ({stamp}); "
             "choose a new output folder, or delete this one to re-tokenize"
         )
-    atomic_write_text(stamp, json.dumps({"fingerprint": fingerprint, "tokenizer": cfg.tokenizer}))
-    rows_dir = out / "rows"
-    rows_dir.mkdir(exist_ok=True)
+    if old.get("inputs") != inputs and (any(rows_dir.iterdir()) or any(shard_dir.glob("shard-*.tar"))):
+        print(
+            f"tokenize: the input shards {cfg.input} changed since {out} was written (curated again?); "
+            "removing its old latents and tokenizing every shard again",
+            file=sys.stderr,
+        )
+        _start_over(out, shard_dir, rows_dir)
+    stamp_data = {"fingerprint": fingerprint, "inputs": inputs, "tokenizer": cfg.tokenizer}
+    atomic_write_text(stamp, json.dumps(stamp_data))
     jobs = []
     for i, src in enumerate(sources):
         target = shard_dir / SHARD_PATTERN.format(index=i)
@@ -286,7 +333,7 @@ def run(cfg: TokenizeConfig) -> dict[str, Any]:
         "tokenizer": tok_info,
         "latent_shape": next((r["latent_shape"] for r in rows if r.get("latent_shape")), None),
         "latent_std": latent_std,  # continuous latents: the dynamics model's latent_scale is 1 / this
-        "fingerprint": fingerprint,
+        "fingerprint": f"{fingerprint}+{inputs}",
     }
     atomic_write_text(out / STATS_FILE, json.dumps(stats, indent=2, sort_keys=True))
     print(

@@ -143,4 +143,8 @@ def test_vidworld_train_runs_the_dynamics_yaml_on_latent_shards(tmp_path, head):
     rows = read_metrics(tmp_path / "run")
     assert sorted(rows) == [2, 4, 6]
     assert all(math.isfinite(r["train/loss"]) for r in rows.values())
+    # The data's health reaches the metrics: no clip here is short of max_frames or corrupt.
+    for r in rows.values():
+        assert r["train/short_clips"] == 0.0 and r["train/latent_frames"] == 4.0
+        assert r["train/data_corrupt_skipped"] == 0.0 and r["train/data_short_skipped"] == 0.0
     assert (tmp_path / "run" / "model.safetensors").is_file()

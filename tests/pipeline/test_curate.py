@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.curate import CurateConfig, assign_splits, cli, is_complete, iter_shard
+from pipeline.curate import CurateConfig, assign_splits, cli, curation_inputs, is_complete, iter_shard
 from pipeline.manifest import read_manifest
 from pipeline.samples import SamplesConfig, write_samples, write_video
 from runtime.config import ConfigError
@@ -312,10 +312,13 @@ def test_a_run_stopped_after_some_inputs_finishes_on_rerun_with_byte_identical_s
     assert not (out / "manifest.jsonl").exists() and not _shards(out)
     (staging,) = (out / "staging").iterdir()
     assert len(list(staging.glob("*.tar"))) == 4
-    (staging / ".deadbeef.tar.x.tmp").write_bytes(b"torn write of a killed run")
+    staged = {p.name.split("-")[0] for p in staging.glob("*.tar")}
+    pending = next(i for i in curation_inputs(str(inputs)) if i.source_id not in staged)
+    (staging / f".{pending.source_id}.tar.x.tmp").write_bytes(b"torn write of a killed run")
+    (staging / ".notes.txt.x.tmp").write_bytes(b"not this job's file")
     assert cli(JOB, _args(inputs, out)) == 0
     assert _digests(out) == _digests(curated)
-    assert not list(staging.glob(".*.tmp"))
+    assert [p.name for p in staging.glob(".*.tmp")] == [".notes.txt.x.tmp"]
 
 
 def _session_members(sid: int) -> list[int]:

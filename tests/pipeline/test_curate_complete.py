@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.curate import CurateConfig, curation_inputs, is_complete
+from pipeline.curate import CurateConfig, curation_inputs, inputs_key, is_complete
 from pipeline.manifest import MANIFEST_FILE, STATS_FILE, make_row, write_manifest, write_stats
 from pipeline.shards import shard_paths
 
@@ -15,7 +15,8 @@ def _finished_output(cfg: CurateConfig, shards: int = 2) -> None:
     for path in shard_paths(out, shards):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-    write_stats({"complete": True, "shards": shards, "clips": len(rows)}, out / STATS_FILE)
+    key = inputs_key(curation_inputs(cfg.input))
+    write_stats({"complete": True, "shards": shards, "clips": len(rows), "inputs_key": key}, out / STATS_FILE)
 
 
 def _cfg(tmp_path: Path) -> CurateConfig:
@@ -53,4 +54,23 @@ def test_stats_of_a_run_stopped_early_are_not_complete(tmp_path):
     write_stats({"complete": False, "staged": 1}, Path(cfg.output) / STATS_FILE)
     assert not is_complete(cfg)
     (Path(cfg.output) / STATS_FILE).write_text("not json")
+    assert not is_complete(cfg)
+
+
+def test_an_edited_input_makes_curation_incomplete(tmp_path):
+    cfg = _cfg(tmp_path)
+    _finished_output(cfg)
+    (Path(cfg.input) / "a.mp4").write_bytes(b"another video")
+    assert not is_complete(cfg)
+
+
+def test_an_input_waiting_for_a_retry_makes_curation_incomplete(tmp_path):
+    cfg = _cfg(tmp_path)
+    _finished_output(cfg)
+    a, b = curation_inputs(cfg.input)
+    rows = [
+        make_row(a.source, a.source_id, "ok", clips=1),
+        make_row(b.source, b.source_id, "failed", "EIO", retry=True),
+    ]
+    write_manifest(rows, Path(cfg.output) / MANIFEST_FILE)
     assert not is_complete(cfg)

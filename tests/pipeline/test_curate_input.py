@@ -15,14 +15,13 @@ def _moving(n: int, height: int = 96, width: int = 128) -> np.ndarray:
     return frames
 
 
-def test_actions_that_do_not_match_the_frame_count_are_left_out_with_a_note(tmp_path):
+def test_actions_that_do_not_match_the_frame_count_refuse_the_input(tmp_path):
     write_video(tmp_path / "v.mp4", _moving(40), 15, actions=np.arange(40))
     np.save(tmp_path / "v.actions.npy", np.arange(39))  # one short
     (item,) = list_inputs(str(tmp_path / "v.mp4"))
     row, clips = curate_input(item, CurateConfig(input="", output=""))
-    assert row["status"] == "ok" and row["clips"] == len(clips) == 2
-    assert "actions has 39 entries but the video decoded to 40 frames" in row["reason"]
-    assert all("actions.npy" not in members for _, members in clips)
+    assert row["status"] == "failed" and row["clips"] == len(clips) == 0
+    assert "has 39 entries but the video decoded to 40 frames" in row["reason"]
 
 
 def test_a_rotated_video_is_turned_upright_before_cropping(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 
 from runtime.config import ConfigError
 from runtime.tracking import read_metrics
-from tests.vidworld.report_fixtures import make_output
 from tests.runtime.train_helpers import read_wandb_history, run_train
+from tests.vidworld.report_fixtures import make_output
 from vidworld.dashboard import (
     PUBLISHED_KEYS,
     RUNTIME_TRAIN_KEYS,

@@ -8,6 +8,7 @@ import pytest
 
 import pipeline.curate
 import tokenizer.tokenize
+from pipeline.curate import curation_inputs, inputs_key
 from pipeline.manifest import MANIFEST_FILE, STATS_FILE, make_row, write_manifest, write_stats
 from runtime.config import ConfigError, load_config
 from vidworld import pipeline_run
@@ -116,5 +117,6 @@ def test_curation_outputs_written_make_the_chain_skip_the_stage(tmp_path, monkey
     assert run_stage(cfg, "curate") == "done"
     out = OutputLayout.of(cfg.output).curated
     write_manifest([make_row(str(tmp_path / "raw" / "a.mp4"), "a", "ok", clips=1)], out / MANIFEST_FILE)
-    write_stats({"complete": True, "shards": 0}, out / STATS_FILE)
+    key = inputs_key(curation_inputs(str(tmp_path / "raw")))
+    write_stats({"complete": True, "shards": 0, "inputs_key": key}, out / STATS_FILE)
     assert run_stage(cfg, "curate") == "skipped"
