@@ -8,11 +8,17 @@ Layout (version 1)::
             ...                     # DeepSpeed's files (engine.save_checkpoint), any ZeRO stage
             runtime_rank00000.pt    # ours, per rank: step, loader state, RNG states (weights_only)
             config.yaml             # the resolved training config
+            model.safetensors       # the consolidated model weights (fp32 master copy), rank 0
             COMPLETE                # JSON, written last: {"version", "step", "world_size", "zero_stage", ...}
 
 A checkpoint is complete when ``COMPLETE`` exists; ``latest`` is moved only after that, and a
 folder without ``COMPLETE`` (a write cut off by a crash or preemption) is never resumed from.
-``export_weights`` turns a checkpoint (ZeRO shards included) into one safetensors file.
+Weights leave a run only as safetensors: every checkpoint holds its consolidated weights as
+``model.safetensors`` (gathered in memory while training, whatever the ZeRO stage), and
+``export_weights`` copies them to ``run_dir/model.safetensors``. DeepSpeed's own files are pickles
+(``torch.load(weights_only=False)`` inside DeepSpeed): only the run that wrote them reads them, to
+resume itself. A checkpoint from elsewhere without ``model.safetensors`` is converted once, on
+purpose, by ``vidworld convert-checkpoint RUN_DIR trust=true`` (``runtime.convert``).
 """
 
 from __future__ import annotations
@@ -168,40 +174,50 @@ def remove_incomplete(run_dir: str | Path) -> list[Path]:
     return doomed
 
 
-def consolidated_state_dict(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Full model weights from a checkpoint folder, whatever its ZeRO stage (shards are merged).
+def checkpoint_weights_path(ckpt_dir: str | Path) -> Path:
+    return Path(ckpt_dir) / WEIGHTS
 
-    ZeRO 1-3: DeepSpeed's ``zero_to_fp32`` reader (fp32 master weights). Stage 0: the module
-    state DeepSpeed saved (in the training precision).
-    """
-    ckpt_dir = Path(ckpt_dir)
-    meta = read_meta(ckpt_dir)
-    if meta.get("zero_stage", 0) >= 1:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name)
-    else:
-        # DeepSpeed's own file (not ours): it pickles its config objects, so weights_only cannot read it.
-        sd = torch.load(ckpt_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)[
-            "module"
-        ]
+def save_weights(state_dict: dict[str, torch.Tensor], out_path: str | Path, metadata: dict[str, str]) -> Path:
+    """Write ``state_dict`` as safetensors to ``out_path``, atomically (tied weights become copies)."""
+    from safetensors.torch import save
+
     # Clone so tied weights become separate tensors (safetensors refuses shared storage).
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    with atomic_open(out_path, "wb") as f:
+        f.write(save(tensors, metadata=metadata))
+    return Path(out_path)
+
+
+class WeightsNotExported(FileNotFoundError):
+    """A checkpoint holds only DeepSpeed's pickled files; the message names the command that converts it."""
+
+
+def load_checkpoint_weights(ckpt_dir: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The consolidated weights of a complete checkpoint, from its ``model.safetensors`` only (never
+    DeepSpeed's pickles)."""
+    from safetensors.torch import load_file
+
+    ckpt_dir = Path(ckpt_dir)
+    read_meta(ckpt_dir)
+    path = checkpoint_weights_path(ckpt_dir)
+    if not path.is_file():
+        run_dir = ckpt_dir.parent.parent
+        raise WeightsNotExported(
+            f"{ckpt_dir} has no {WEIGHTS} (written by an older or foreign trainer); its weights are only in "
+            "DeepSpeed's pickled files, which vidworld does not load because unpickling runs code. If you "
+            f"trust the files, convert it once: `vidworld convert-checkpoint {run_dir} trust=true`"
+        )
+    return load_file(path, device=device)
 
 
 def export_weights(ckpt_dir: str | Path, out_path: str | Path) -> Path:
-    """Write the consolidated weights of ``ckpt_dir`` to ``out_path`` (safetensors), atomically.
+    """Copy the consolidated weights of ``ckpt_dir`` to ``out_path`` (safetensors), atomically.
 
     The file's metadata records the step and source checkpoint. Load with
     ``safetensors.torch.load_file(out_path)`` and ``model.load_state_dict``.
     """
-    from safetensors.torch import save
-
     ckpt_dir = Path(ckpt_dir)
     meta = read_meta(ckpt_dir)
-    data = save(
-        consolidated_state_dict(ckpt_dir), metadata={"step": str(meta["step"]), "checkpoint": ckpt_dir.name}
-    )
-    with atomic_open(out_path, "wb") as f:
-        f.write(data)
-    return Path(out_path)
+    weights = load_checkpoint_weights(ckpt_dir)
+    return save_weights(weights, out_path, {"step": str(meta["step"]), "checkpoint": ckpt_dir.name})

@@ -12,6 +12,7 @@ import os
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -113,8 +114,13 @@ class Throughput:
         self._steps += 1
         self._seconds += seconds
 
-    def read(self) -> dict[str, float]:
-        """``{"step_time_s", "samples_per_s", "tokens_per_s", "mfu"}`` (mfu a fraction 0..1), then reset."""
+    def read(self, task: Any = None) -> dict[str, float]:
+        """``{"step_time_s", "samples_per_s", "tokens_per_s", "mfu"}`` (mfu a fraction 0..1), then reset.
+
+        With ``task``, its ``tokens_per_sample()`` and ``flops_per_sample()`` are asked again first:
+        a task whose clips vary in length (short clips) reports what it really trained on."""
+        if task is not None:
+            self.tokens_per_sample, self.flops_per_sample = task.tokens_per_sample(), task.flops_per_sample()
         if self._steps == 0 or self._seconds <= 0:
             return {}
         step_time = self._seconds / self._steps

@@ -194,6 +194,7 @@ class Tracker:
         run.define_metric("train/step")
         run.define_metric("train/*", step_metric="train/step")
         run.define_metric("eval/*", step_metric="train/step")
+        run.define_metric("warn/*", step_metric="train/step")
         return run
 
     def log(self, step: int, metrics: dict[str, float], console: bool = True) -> None:

@@ -21,18 +21,29 @@ Run folder (``run_dir``)::
     model.safetensors    consolidated weights at the end (``runtime.trained.load_trained(run_dir)``)
 
 Exit codes: 0 done; 75 (``PREEMPTED_EXIT_CODE``) saved after SIGTERM/SIGUSR1, rerun to resume
-(the SLURM script requeues on it); 1 stopped after ``trainer.max_bad_steps`` non-finite steps
-in a row.
+(the SLURM script requeues on it; more signals while it saves and exits change nothing); 1 stopped
+after ``trainer.max_bad_steps`` non-finite steps in a row, or a resume that does not add up
+(``ResumeMismatch``); 73 (``BUSY_EXIT_CODE``) another process is training into ``run_dir``.
+
+Safety: one writer per ``run_dir`` (rank 0 holds ``runtime.files.folder_lock`` for the whole run;
+every rank stops with the holder's host and pid when it cannot). Weights leave a checkpoint as
+safetensors only (``model.safetensors`` in each checkpoint, gathered in memory). DeepSpeed's own
+files are pickles and are read back only here, by the run resuming itself from its own locked
+``run_dir`` (DeepSpeed's loader calls ``torch.load(weights_only=False)``; there is no switch).
+Loud checks (``runtime.health``) print a warning and log ``warn/<name>`` = 1: a flat loss, weights
+that differ between ranks, a throughput drop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -43,8 +54,17 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from runtime import checkpoint as ckpt
-from runtime.config import ConfigError, load_yaml, merge_into, parse_overrides, save_config
-from runtime.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
+from runtime.config import ConfigError, load_yaml, merge_into, parse_overrides, save_config, to_object
+from runtime.distributed import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
+from runtime.files import FolderBusy, folder_lock
+from runtime.health import FlatLoss, ThroughputDrop
 from runtime.metrics import Throughput, peak_flops, peak_memory_bytes
 from runtime.parallelize import parallelize
 from runtime.progress import Progress
@@ -53,6 +73,7 @@ from runtime.tracking import Tracker, WandbConfig
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; slurm/ requeues the job on it
 DIVERGED_EXIT_CODE = 1
+BUSY_EXIT_CODE = 73  # EX_CANTCREAT: another process is writing run_dir; not requeued
 
 
 @dataclasses.dataclass
@@ -82,7 +103,16 @@ class TrainerConfig:
     eval_every: int = 0  # steps between task.eval_media calls (metrics + media to W&B); 0 = never
     progress_interval: float = 30.0  # seconds between progress lines (with ETA)
     max_bad_steps: int = 5  # non-finite steps in a row that stop the run
+    # Loud checks (runtime.health): a warning in the log and warn/<name> = 1 in the metrics.
+    flat_loss_window: int = 200  # steps the loss must stay within flat_loss_rel_tol to warn; 0 = off
+    flat_loss_rel_tol: float = 1e-4  # relative to the mean loss over the window
+    replica_check_every: int = 100  # steps between comparing the replicated weights over ranks; 0 = off
+    replica_check_tol: float = 1e-9  # relative spread of the ranks' weight checksums that warns
+    throughput_drop: float = 0.5  # warn when a step's rate falls below this fraction of its median; 0 = off
     debug_nan_steps: list[int] = dataclasses.field(default_factory=list)  # test hook: NaN loss at these steps
+    debug_desync_steps: list[int] = dataclasses.field(
+        default_factory=list
+    )  # test hook: last rank nudges a weight
 
 
 @dataclasses.dataclass
@@ -111,6 +141,10 @@ class TrainConfig:
 
 class TrainingDiverged(RuntimeError):
     """Too many non-finite steps in a row; the message names the step and what to try."""
+
+
+class ResumeMismatch(RuntimeError):
+    """The resumed state disagrees with the checkpoints on disk (e.g. step 0 beside a complete one)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,7 +213,7 @@ def load_train_config(
             f"{config_path or 'the defaults'}: required config key(s) {missing} have no value; set them, "
             f"e.g. {missing[0]}=..."
         )
-    out: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    out: TrainConfig = to_object(cfg, str(config_path or "the defaults"))  # oc.env values stay unwritten
     _check(out)
     return out
 
@@ -195,6 +229,11 @@ def _check(cfg: TrainConfig) -> None:
     for key in ("max_steps", "micro_batch_size", "grad_accum", "save_every", "keep_last", "log_every"):
         if getattr(t, key) < 1:
             raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(t, key)}")
+    for key in ("flat_loss_window", "flat_loss_rel_tol", "replica_check_every", "replica_check_tol"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"trainer.{key} must be >= 0 (0 turns the check off), got {getattr(t, key)}")
+    if not 0 <= t.throughput_drop < 1:
+        raise ConfigError(f"trainer.throughput_drop must be in [0, 1) (0 = off), got {t.throughput_drop}")
     if cfg.launcher.kind not in ("local", "ray"):
         raise ConfigError(f"launcher.kind must be local or ray, got {cfg.launcher.kind!r}")
     if len(t.betas) != 2:
@@ -295,7 +334,11 @@ class PreemptionSignal:
     """SIGTERM/SIGUSR1 set a flag; the loop saves at the next step boundary and exits 75.
 
     Handlers are installed only in the main thread (a Ray Train worker may run us elsewhere; there
-    Ray delivers its own stop) and restored on ``close``.
+    Ray delivers its own stop) and restored on ``close``, unless a stop was requested: then the
+    signals are ignored from ``close`` on, so that a repeated one (SLURM and schedulers repeat
+    theirs) while the process closes W&B and exits does not kill it with 143 instead of the 75
+    that says "requeue me". Ignored, not handled: Python resets its own handlers to the default
+    while the interpreter shuts down, an ignored signal stays ignored.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -311,6 +354,10 @@ class PreemptionSignal:
         self.requested = True
 
     def close(self) -> None:
+        if self.requested:  # on the way out with 75
+            for sig in self._previous:
+                signal.signal(sig, signal.SIG_IGN)
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
@@ -330,6 +377,11 @@ def save_checkpoint(
     ckpt_dir = root / tag
     state = {"step": step, "loader": task.loader_state(), "rng": ckpt.rng_state(), **counters}
     ckpt.save_runtime_state(ckpt_dir, info.rank, state)
+    weights = full_weights(engine, keep=info.is_main)  # collective under ZeRO: every rank takes part
+    if info.is_main:
+        ckpt.save_weights(
+            weights, ckpt.checkpoint_weights_path(ckpt_dir), {"step": str(step), "checkpoint": tag}
+        )
     barrier()  # every rank's files are on disk before the checkpoint is declared complete
     if info.is_main:
         save_config(cfg, ckpt_dir / "config.yaml")
@@ -347,6 +399,33 @@ def save_checkpoint(
         ckpt.prune(cfg.run_dir, cfg.trainer.keep_last)
     barrier()
     return ckpt_dir
+
+
+def full_weights(engine, keep: bool) -> dict[str, torch.Tensor]:
+    """The model's whole state dict as CPU tensors, parameters in fp32 from the optimizer's master copy
+    where it keeps one (ZeRO 1-3, bf16), gathered over the ranks one parameter at a time.
+
+    Every rank must call it (under ZeRO each parameter is assembled collectively, in the same order
+    everywhere); only where ``keep`` are the tensors kept (rank 0), the others get ``{}``.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module = engine.module
+    params = dict(module.named_parameters(remove_duplicate=False))
+    out: dict[str, torch.Tensor] = {}
+    done: dict[int, torch.Tensor] = {}  # tied weights: gathered once
+    for name, value in module.state_dict(keep_vars=True).items():
+        param = params.get(name)
+        if param is None:  # a buffer: whole on every rank, ZeRO-3 included
+            if keep:
+                out[name] = value.detach().to("cpu")
+            continue
+        if id(param) not in done:
+            full = safe_get_full_fp32_param(param)
+            done[id(param)] = (param if full is None else full).detach().to("cpu") if keep else param
+        if keep:
+            out[name] = done[id(param)]
+    return out
 
 
 class FiniteAdamW(torch.optim.AdamW):
@@ -394,9 +473,40 @@ def train(cfg: TrainConfig) -> int:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed picks its accelerator at import
     info = init_distributed()
     try:
-        return _train(cfg, info)
+        with hold_run_dir(Path(cfg.run_dir), info):
+            return _train(cfg, info)
+    except FolderBusy as e:
+        print(f"train: {e}", file=sys.stderr, flush=True)
+        return BUSY_EXIT_CODE
+    except ResumeMismatch as e:
+        if info.is_main:
+            print(f"train: stopped: {e}", file=sys.stderr, flush=True)
+        return 1
     finally:
         shutdown_distributed(info)
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path, info: DistInfo):
+    """Rank 0 holds ``run_dir``'s writer lock for the block; when another process holds it, every rank
+    raises ``FolderBusy`` (rank 0's names the holder's host and pid), before anything is written.
+
+    The decision is all-reduced after ``init_distributed``, so it works the same under torchrun,
+    srun and Ray Train, and no rank is left waiting in a collective for one that gave up."""
+    with contextlib.ExitStack() as stack:
+        busy = ""
+        if info.is_main:
+            try:
+                stack.enter_context(folder_lock(run_dir, "vidworld train"))
+            except FolderBusy as e:
+                busy = str(e)
+        if all_reduce_sum([1.0 if busy else 0.0], info.device)[0] > 0:
+            raise FolderBusy(
+                busy
+                or f"rank 0 could not take the writer lock of {run_dir}: another process is training into "
+                "it (rank 0's message names it); wait for it, stop it, or choose another run_dir"
+            )
+        yield
 
 
 @dataclasses.dataclass
@@ -467,20 +577,81 @@ def eval_media(engine, task: Any, batch: Any) -> dict[str, Any]:
 
 
 def _resume(engine, run_dir: Path, info: DistInfo) -> dict[str, Any] | None:
-    """Load the newest complete checkpoint into ``engine`` and restore RNG; its runtime state, or None."""
+    """Load the newest complete checkpoint into ``engine`` and restore RNG; its runtime state, or None.
+
+    DeepSpeed's loader unpickles its files (``weights_only=False``, not configurable): only this run's
+    own checkpoints, in the ``run_dir`` it holds the lock of, are read this way."""
     latest = ckpt.find_latest(run_dir)  # every rank reads the same folder...
+    seen = int(ckpt.read_meta(latest)["step"]) if latest is not None else 0
+    hi, neg_lo = all_reduce_max([seen, -seen], info.device)
+    if hi != -neg_lo:
+        raise ResumeMismatch(
+            f"the ranks see different checkpoints in {run_dir}/checkpoints (steps {-neg_lo:.0f} to {hi:.0f}; "
+            f"rank {info.rank} sees {latest or 'none'}): run_dir must be on storage every node shares"
+        )
     barrier()
     if info.is_main:
         ckpt.remove_incomplete(run_dir)  # ...then rank 0 clears cut-off writes
     state = None
     if latest is not None:
         state = ckpt.load_runtime_state(latest, info.rank, info.world_size)
+        problem = resume_problem(run_dir, latest, int(state["step"]))
+        if all_reduce_sum([1.0 if problem else 0.0], info.device)[0] > 0:
+            raise ResumeMismatch(problem or f"another rank found {latest} inconsistent (rank 0 says how)")
         engine.load_checkpoint(str(latest.parent), tag=latest.name)
         ckpt.set_rng_state(state["rng"])
         if info.is_main:
             print(f"train: resumed from {latest} (step {state['step']})", flush=True)
     barrier()
     return state
+
+
+def resume_problem(run_dir: Path, latest: Path, step: int) -> str | None:
+    """Why resuming at ``step`` from ``latest`` would be wrong, or ``None``.
+
+    An error, not a warning: training on from step 0 beside a complete checkpoint would log steps
+    1.. again over the run's history and, after ``keep_last`` saves, prune the good checkpoints.
+    """
+    saved = int(ckpt.read_meta(latest)["step"])
+    if step == saved:
+        return None
+    start = "would start at step 0" if step == 0 else f"would resume at step {step}"
+    return (
+        f"this run {start} although {latest} is a complete checkpoint of step {saved} (its COMPLETE "
+        f"record and its runtime state disagree); nothing was trained or deleted. Move that folder out "
+        f"of {run_dir}/checkpoints to resume from the one before, or use a new run_dir"
+    )
+
+
+def replica_checksums(engine, info: DistInfo) -> list[float]:
+    """Every rank: each rank's sum of |w| over the weights every rank holds a whole copy of (ZeRO
+    0-2), in rank order. Ranks fed the same all-reduced gradients hold the same weights, so the sums
+    agree to the last bit; a difference means some rank computed or applied another update."""
+    own = float(sum(p.detach().double().abs().sum() for p in engine.module.parameters()))
+    values = [0.0] * info.world_size
+    values[info.rank] = own
+    return all_reduce_sum(values, info.device)
+
+
+def replica_warning(step: int, sums: list[float], tol: float) -> str | None:
+    """The warning for ranks whose checksums spread more than ``tol`` (relative), else ``None``."""
+    ref = sorted(sums)[len(sums) // 2]
+    if max(sums) - min(sums) <= tol * max(abs(ref), 1e-12):
+        return None
+    odd = [r for r, v in enumerate(sums) if abs(v - ref) > tol * max(abs(ref), 1e-12)]
+    if len(sums) == 2:
+        odd = [0, 1]  # two ranks: no majority says which one is off
+    return (
+        f"step {step}: the weights differ between ranks (checksums {[f'{v:.12g}' for v in sums]}; rank(s) "
+        f"{odd} differ from the median): their updates were not the same. Suspect a faulty device or "
+        "node, or a nondeterministic op; compare the runs of those ranks' hosts"
+    )
+
+
+def _warn(tracker: Tracker, step: int, name: str, message: str | None) -> None:
+    if message:
+        print(f"train: WARNING: {message}", flush=True)
+        tracker.log(step, {f"warn/{name}": 1.0}, console=False)
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> int:
@@ -520,6 +691,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> int:
         progress = Progress(
             "train", total=t.max_steps, unit="steps", interval=t.progress_interval, start=step
         )
+    flat_loss = FlatLoss(t.flat_loss_window, t.flat_loss_rel_tol)
+    slow = ThroughputDrop(t.throughput_drop)
+    # Under ZeRO-3 each rank holds only its shard: there is no replicated copy to compare.
+    check_replicas = t.replica_check_every > 0 and info.world_size > 1 and t.zero_stage < 3
 
     exit_code = 1  # until the loop ends one of its expected ways
     try:
@@ -529,7 +704,18 @@ def _train(cfg: TrainConfig, info: DistInfo) -> int:
             counters["skipped_steps"] += result.bad
             counters["bad_in_a_row"] = counters["bad_in_a_row"] + 1 if result.bad else 0
 
+            if step in t.debug_desync_steps and info.rank == info.world_size - 1:
+                with torch.no_grad():
+                    next(engine.module.parameters()).data.view(-1)[0] += 1e-2
+            if check_replicas and step % t.replica_check_every == 0:
+                sums = replica_checksums(engine, info)
+                if info.is_main:
+                    _warn(tracker, step, "replica_mismatch", replica_warning(step, sums, t.replica_check_tol))
+
             if info.is_main:
+                if not result.bad:
+                    _warn(tracker, step, "flat_loss", flat_loss.update(step, result.loss))
+                _warn(tracker, step, "throughput_drop", slow.update(step, result.seconds))
                 throughput.add(result.seconds)
                 progress.update(1)
                 if result.bad or step % t.log_every == 0 or step == t.max_steps:
@@ -541,7 +727,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> int:
                         "train/nonfinite_step": float(result.bad),
                         "train/peak_mem_gib": peak_memory_bytes(info.device) / 2**30,
                         **{f"train/{k}": v for k, v in result.extras.items()},
-                        **{f"train/{k}": v for k, v in throughput.read().items()},
+                        **{f"train/{k}": v for k, v in throughput.read(task).items()},
                     }
                     tracker.log(step, metrics)
                     progress.set(loss=round(result.loss, 4))
@@ -578,10 +764,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> int:
             print(f"train: stopped: {e}", flush=True)
         exit_code = DIVERGED_EXIT_CODE
     finally:
-        preempt.close()
         if info.is_main:
             progress.close()
             tracker.close(exit_code)
+        preempt.close()  # after W&B's teardown, which may install handlers of its own
     return exit_code
 
 

@@ -40,18 +40,15 @@ def load_trained(
     """A finished (or stopped) run as ``(config, task, model)``, the model in eval mode on ``device``.
 
     Weights come from ``run_dir/model.safetensors``, or, when the run has none yet (preempted,
-    still training), are consolidated from its newest complete checkpoint. For inference and
+    still training), from its newest complete checkpoint's ``model.safetensors``. Never from
+    DeepSpeed's pickled files: a checkpoint without safetensors fails with
+    ``checkpoint.WeightsNotExported``, naming ``vidworld convert-checkpoint``. For inference and
     evaluation code (rollouts, the tokenizer in the dynamics stage); no DeepSpeed needed.
     """
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    cfg = load_train_config(run_dir / "config.yaml")
-    task = resolve_task_class(cfg.task)(cfg.model, cfg)
-    # The path training takes: built on meta, given memory and initialised on the device (which
-    # also sets the buffers a state dict does not hold), attention resolved for the device.
-    model = materialize(build_on_meta(task), device)
-    apply_attention_backend(model, device)
+    # Weights first: a run without loadable safetensors fails before anything is built.
     exported = run_dir / WEIGHTS
     if exported.is_file():
         weights = load_file(exported, device=str(device))
@@ -61,6 +58,12 @@ def load_trained(
             raise FileNotFoundError(
                 f"{run_dir} has neither model.safetensors nor a complete checkpoint; train it first"
             )
-        weights = ckpt.consolidated_state_dict(latest)
+        weights = ckpt.load_checkpoint_weights(latest, device=str(device))
+    cfg = load_train_config(run_dir / "config.yaml")
+    task = resolve_task_class(cfg.task)(cfg.model, cfg)
+    # The path training takes: built on meta, given memory and initialised on the device (which
+    # also sets the buffers a state dict does not hold), attention resolved for the device.
+    model = materialize(build_on_meta(task), device)
+    apply_attention_backend(model, device)
     model.load_state_dict(weights, strict=True)
-    return cfg, task, model.to(device).eval()  # consolidated checkpoint weights arrive on the CPU
+    return cfg, task, model.eval()

@@ -28,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vidworld.pipeline_run:cli",
         "run the whole chain (curate -> tokenizer -> tokenize -> dynamics -> eval)",
     ),
+    "convert-checkpoint": (
+        "runtime.convert:cli",
+        "RUN_DIR trust=true: write model.safetensors for an older/foreign checkpoint; UNPICKLES its "
+        "files (can run code): only on files you trust",
+    ),
     "dashboard": ("vidworld.dashboard:cli", "apply the W&B dashboard for a pipeline run"),
     "report": (
         "vidworld.report:cli",

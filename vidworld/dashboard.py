@@ -72,6 +72,7 @@ RUNTIME_TRAIN_KEYS = (
     "train/mfu",  # fraction 0..1 of the machine's peak FLOP/s
 )
 # Every train/* key that is not the runtime's: the task's loss terms. W&B reads it as a JS regex.
+WARNINGS_REGEX = "^warn/.+$"  # the runtime's loud checks (runtime.health): 1 at the step they fire
 TASK_TERMS_REGEX = (
     "^train/(?!(" + "|".join(re.escape(k[6:]) for k in (STEP_KEY, *RUNTIME_TRAIN_KEYS)) + ")$).+$"
 )
@@ -143,6 +144,7 @@ def dashboard_spec() -> tuple[SectionSpec, ...]:
                 line("peak accelerator memory (GiB)", "train/peak_mem_gib"),
                 line("skipped non-finite steps", "train/skipped_steps", "train/nonfinite_step"),
                 PanelSpec("line", "the task's loss terms", regex=TASK_TERMS_REGEX),
+                PanelSpec("line", "warnings: flat loss, throughput drop, ranks differ", regex=WARNINGS_REGEX),
             ),
         ),
         SectionSpec(

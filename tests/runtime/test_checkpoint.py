@@ -119,7 +119,7 @@ def test_sigterm_saves_exits_75_and_the_resumed_run_follows_the_uninterrupted_lo
     assert 1 <= stopped_at < steps, "the signal should land mid-run"
     assert (ckpt.checkpoint_root(run) / "latest").read_text().strip() == saved.name
     assert (saved / "config.yaml").is_file() and (saved / "runtime_rank00000.pt").is_file()
-    # A stopped run has no exported weights yet: load_trained consolidates them from the checkpoint.
+    # A stopped run has no exported weights yet: load_trained reads the checkpoint's safetensors.
     assert not (run / "model.safetensors").exists()
     _, _, model = load_trained(run)
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import REFERENCE_YAML, read_wandb_history, run_train
 
-from runtime.checkpoint import consolidated_state_dict
+from runtime.checkpoint import load_checkpoint_weights
 from runtime.config import ConfigError
 from runtime.parallelize import apply_activation_checkpointing
 from runtime.reference_task import ReferenceModelConfig, ReferenceTask, TinyTransformer
@@ -184,8 +184,8 @@ def test_nan_steps_in_a_row_stop_the_run_naming_the_step(tmp_path):
     assert max(rows) == 4 and rows[4]["train/skipped_steps"] == 3
     assert all(math.isnan(rows[s]["train/loss"]) for s in (2, 3, 4))
     # The skipped steps left the weights as step 1 made them, and nothing non-finite got in.
-    after_1 = consolidated_state_dict(run / "checkpoints" / "step_00000001")
-    after_3 = consolidated_state_dict(run / "checkpoints" / "step_00000003")
+    after_1 = load_checkpoint_weights(run / "checkpoints" / "step_00000001")
+    after_3 = load_checkpoint_weights(run / "checkpoints" / "step_00000003")
     for name, w in after_1.items():
         assert torch.isfinite(w).all(), name
         assert torch.equal(w, after_3[name]), name
