@@ -395,3 +395,17 @@ def ray_cluster() -> Iterator[RayCluster]:
             yield cluster
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray in this test process for the in-process curate and tokenize tests (shut down at
+    the end of the session, unless something else had started Ray first)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    if started:
+        ray.shutdown()

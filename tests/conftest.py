@@ -17,4 +17,4 @@ def pytest_collection_modifyitems(config, items):
 
 
 # Real SLURM and Ray clusters for integration tests (session-scoped; each skips when unavailable).
-from tests.cluster_services import ray_cluster, slurm_cluster  # noqa: E402,F401
+from tests.cluster_services import ray_cluster, ray_session, slurm_cluster  # noqa: E402,F401

@@ -36,18 +36,6 @@ def _keys(out: Path) -> list[str]:
     return sorted(k for p in sorted((out / "shards").glob("shard-*.tar")) for k, _ in iter_shard(p))
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
-    yield
-    if started:
-        ray.shutdown()
-
-
 # --- non-content failures are retried, content failures stay -------------------------------------
 
 

@@ -39,18 +39,6 @@ def _clip_keys(curated: Path) -> list[str]:
     return sorted(k for p in sorted((curated / "shards").glob("*.tar")) for k, _ in iter_shard(p))
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
-    yield
-    if started:
-        ray.shutdown()
-
-
 def test_recurating_with_more_inputs_makes_latents_stale_and_the_rerun_holds_exactly_the_new_clips(
     ray_session, tmp_path
 ):

@@ -94,18 +94,6 @@ def _write_inputs(root: Path) -> None:
     write_video(bad / "black.mp4", np.zeros((40, 64, 64, 3), np.uint8), 15)
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
