@@ -123,7 +123,12 @@ def test_time_limit_warning_from_sbatch_signal_option_saves_and_requeues(slurm_c
     finally:
         slurm_cluster.command("scancel", str(job_id), check=False)
     text = log.read_text()
-    assert "got SIGUSR1" in text and "preempted at step" in text and "requeueing job" in text, _explain(
-        slurm_cluster, job_id, log)
+    assert "got SIGUSR1" in text and "requeueing job" in text, _explain(slurm_cluster, job_id, log)
+    if "preempted at step" not in text:
+        # slurmctld sent the warning while the processes were still starting (seen once, 1 s into
+        # the job): nothing was trained to save, and the job must still have been requeued.
+        assert "training stopped (exit" in text and ckpt.find_latest(run_dir) is None, _explain(
+            slurm_cluster, job_id, log)
+        return
     latest = ckpt.find_latest(run_dir)
     assert latest is not None and 0 < ckpt.read_meta(latest)["step"] < 1000000
