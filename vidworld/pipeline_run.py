@@ -57,6 +57,9 @@ class PipelineConfig:
     train_launcher: str = "auto"
     train_processes: int = 1  # local launcher: processes per training stage (torchrun when > 1)
     prepare_only: bool = False  # write output/configs/STAGE.yaml for the selected stages, run nothing
+    # Reruns of curate when some inputs failed for a reason other than their content (unreadable,
+    # vanished, disk full, a dead worker: curate exits 4 and keeps them pending); 0: stop at once.
+    curate_retries: int = 1
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)  # group defaults to output's name
     curate: Any = dataclasses.field(default_factory=dict)
     tokenizer: Any = dataclasses.field(default_factory=dict)
@@ -257,7 +260,21 @@ def run_stage(cfg: PipelineConfig, stage: str) -> str:
         return "done" if trained or evaluated else "skipped"
     if stage_complete(stage, stage_cfg):
         return "skipped"
-    _child(stage, _vidworld_cmd(cfg, stage, str(stage_cfg)))
+    from pipeline.curate import EXIT_RETRY  # curate's exit code for inputs still pending
+
+    retries = max(0, cfg.curate_retries) if stage == "curate" else 0
+    for attempt in range(retries + 1):
+        try:
+            _child(stage, _vidworld_cmd(cfg, stage, str(stage_cfg)))
+            break
+        except StageFailed as e:
+            if e.code != EXIT_RETRY or attempt == retries:
+                raise
+            print(
+                f"run: curate: some inputs failed for a reason other than their content; retrying them "
+                f"(attempt {attempt + 2} of {retries + 1}; curate_retries={retries})",
+                flush=True,
+            )
     return "done"
 
 

@@ -120,3 +120,23 @@ def test_curation_outputs_written_make_the_chain_skip_the_stage(tmp_path, monkey
     key = inputs_key(curation_inputs(str(tmp_path / "raw")))
     write_stats({"complete": True, "shards": 0, "inputs_key": key}, out / STATS_FILE)
     assert run_stage(cfg, "curate") == "skipped"
+
+
+@pytest.mark.parametrize(("codes", "retries", "calls", "result"), [
+    ([4, 0], 1, 2, "done"),  # pending inputs retried once, then curation finishes
+    ([4, 4], 1, 2, 4),  # still failing: the chain stops with curate's code
+    ([4], 0, 1, 4),  # curate_retries=0: no retry
+    ([2], 1, 1, 2),  # any other failure is not retried
+])
+def test_curate_is_rerun_when_inputs_failed_not_for_their_content(
+    tmp_path, monkeypatch, codes, retries, calls, result
+):
+    cfg = _cfg(tmp_path, f"curate_retries={retries}")
+    left = list(codes)
+    monkeypatch.setattr(pipeline.curate, "is_complete", lambda c: False)
+    monkeypatch.setattr(pipeline_run.subprocess, "call", lambda cmd: left.pop(0))
+    try:
+        got = run_stage(cfg, "curate")
+    except StageFailed as e:
+        got = e.code
+    assert got == result and len(codes) - len(left) == calls
