@@ -65,7 +65,6 @@ class DynamicsTask:
         self.data_cfg = train_cfg.data
         self._loader: ClipLoader | None = None
         self._meta = build_dynamics(model_cfg, device=None)  # for counting FLOPs only
-        self._world_size = 1
         # What loss() has trained so far on this rank (clips, their FLOPs, their latent frames).
         self._clips, self._flops, self._frames = 0, 0.0, 0
 
@@ -125,7 +124,6 @@ class DynamicsTask:
 
     def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
         self._loader = make_loader(self.data_cfg, rank, world_size, seed, state)
-        self._world_size = world_size
         generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
         while True:
             for batch in self._loader:
@@ -161,11 +159,7 @@ class DynamicsTask:
         out["short_clips"] = float(batch.get("short_clips", 0))
         out["latent_frames"] = float(t)
         if self._loader is not None:
-            # Running counts of this rank's skipped samples (undecodable; shorter than
-            # data.num_frames). The runtime logs an entry's mean over ranks: times world_size,
-            # that is the total over all ranks.
-            out["data_corrupt_skipped"] = float(self._loader.corrupt_count * self._world_size)
-            out["data_short_skipped"] = float(self._loader.short_count * self._world_size)
+            out.update(self._loader.skip_metrics())  # undecodable and too-short clips, all ranks
         return out
 
     def flops_per_sample(self) -> float:

@@ -494,6 +494,15 @@ class ClipLoader:
         """Clips skipped so far on this rank because they are shorter than ``num_frames``."""
         return int(self._counters[1])
 
+    def skip_metrics(self) -> dict[str, float]:
+        """``data_corrupt_skipped`` and ``data_short_skipped`` for a training loss dict: this rank's
+        counts times ``world_size``, so that their mean over ranks (what the runtime logs) is the
+        total over all ranks."""
+        return {
+            "data_corrupt_skipped": float(self.corrupt_count * self.world_size),
+            "data_short_skipped": float(self.short_count * self.world_size),
+        }
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         start = self.epoch
         # Advance now, so a pass abandoned half way is not replayed by the next iter() or a resume.

@@ -71,7 +71,6 @@ class TokenizerTask:
         self.cfg = model_cfg
         self.data_cfg = train_cfg.data
         self._loader: ClipLoader | None = None
-        self._world_size = 1
 
     def build_model(self) -> nn.Module:
         """``TokenizerObjective``, constructed only (the runtime places it and calls ``init_weights``)."""
@@ -106,7 +105,6 @@ class TokenizerTask:
 
     def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
         self._loader = make_loader(self.data_cfg, rank, world_size, seed, state)
-        self._world_size = world_size
         generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
         while True:
             for batch in self._loader:
@@ -124,9 +122,7 @@ class TokenizerTask:
         p = next(iter(model.parameters()))
         out: dict[str, torch.Tensor | float] = dict(model(batch["video"].to(device=p.device, dtype=p.dtype)))
         if self._loader is not None:
-            # The runtime logs an entry's mean over ranks: times world_size, the total over ranks.
-            out["data_corrupt_skipped"] = float(self._loader.corrupt_count * self._world_size)
-            out["data_short_skipped"] = float(self._loader.short_count * self._world_size)
+            out.update(self._loader.skip_metrics())
         return out
 
     def flops_per_sample(self) -> float:
