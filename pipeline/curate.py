@@ -14,7 +14,8 @@
    row: the job exits 4 naming it, ``is_complete`` is False, and a rerun tries exactly those inputs.
 3. The driver packs every staged clip into ``DIR/shards/shard-NNNNNN.tar`` in a fixed order
    (source id, clip index) with ``ShardWriter``, adding each clip's ``split``, then writes
-   ``DIR/manifest.jsonl`` and ``DIR/stats.json``. Same inputs and config -> byte-identical shards,
+   ``DIR/manifest.jsonl`` and ``DIR/stats.json`` (with each shard's sha256, hashed as it was written:
+   what later stages fingerprint the shards by). Same inputs and config -> byte-identical shards,
    whether the job ran once or was killed and rerun.
 
 On a multi-node Ray cluster (``RAY_ADDRESS``), ``DIR`` and the inputs must be on storage every node
@@ -59,6 +60,7 @@ from pipeline.clips import (
 from pipeline.inputs import InputItem, list_inputs, load_array, read_bytes
 from pipeline.manifest import (
     MANIFEST_FILE,
+    SHARD_HASHES,
     STATS_FILE,
     make_row,
     read_manifest,
@@ -98,6 +100,9 @@ class CurateConfig:
     # out this fraction of each group, by a hash of (seed, source); at least one of each group of >= 2.
     heldout_fraction: float = 0.2
     seed: int = 0  # changes which sources are held out
+    # Discrete (integer) actions must be indices below this (the dynamics model's model.num_actions):
+    # an input with a larger one fails with the reason in its manifest row. None: not checked.
+    num_actions: int | None = None
     max_inputs: int = 0  # stage at most this many new inputs, then stop before packing (0: all)
     num_cpus: int | None = None  # CPUs of a local Ray cluster (ignored with RAY_ADDRESS)
     progress_interval: float = 5.0  # seconds between progress lines
@@ -115,6 +120,7 @@ class CurateConfig:
             ("samples_per_shard", self.samples_per_shard >= 1, "must be >= 1"),
             ("heldout_fraction", 0.0 <= self.heldout_fraction <= 1.0, "must be in 0..1"),
             ("max_inputs", self.max_inputs >= 0, "must be >= 0"),
+            ("num_actions", self.num_actions is None or self.num_actions >= 1, "must be >= 1 or null"),
         ]
         for key, ok, what in checks:
             if not ok:
@@ -124,6 +130,8 @@ class CurateConfig:
         """A hash of every setting that changes a clip's bytes; staged clips are reused only if it matches."""
         keys = ("clip_frames", "fps", "size", "resize", "crf", "preset", "cuts", "filters")
         d = asdict(self)
+        if self.num_actions is not None:  # only when set: staging made before the key existed stays valid
+            keys += ("num_actions",)
         blob = json.dumps({k: d[k] for k in keys}, sort_keys=True)
         return hashlib.sha1(f"v{FORMAT_VERSION}:{blob}".encode()).hexdigest()[:12]
 
@@ -156,9 +164,12 @@ def clip_meta(
     return meta
 
 
-def check_sidecar(name: str, url: str, arr: np.ndarray, num_frames: int) -> str | None:
+def check_sidecar(
+    name: str, url: str, arr: np.ndarray, num_frames: int, num_actions: int | None = None
+) -> str | None:
     """Why an actions or rewards array cannot be trusted, or None: it must have one entry per decoded
-    frame, hold numbers, be finite, and (integer actions, i.e. discrete ones) be >= 0."""
+    frame, hold numbers, be finite, and (integer actions, i.e. discrete ones) be >= 0 and, when
+    ``num_actions`` is given, < ``num_actions``."""
     if arr.ndim == 0 or len(arr) != num_frames:
         n = "a scalar" if arr.ndim == 0 else f"{len(arr)} entries"
         return (
@@ -179,10 +190,19 @@ def check_sidecar(name: str, url: str, arr: np.ndarray, num_frames: int) -> str 
             f"{name} file {url} has {len(bad)} negative discrete actions (first {int(arr[bad[0]].min())} "
             f"at frame {bad[0]}); discrete actions are indices 0..N-1"
         )
+    if name == "actions" and num_actions is not None and np.issubdtype(arr.dtype, np.integer):
+        too_big = (arr.reshape(len(arr), -1) >= num_actions).any(axis=1)
+        if too_big.any():
+            bad = np.flatnonzero(too_big)
+            return (
+                f"{name} file {url} has {len(bad)} discrete actions >= num_actions={num_actions} (first "
+                f"{int(arr[bad[0]].max())} at frame {bad[0]}); discrete actions are indices "
+                f"0..{num_actions - 1}: fix the file, or raise num_actions if the game has more actions"
+            )
     return None
 
 
-def _load_sidecars(item: InputItem, num_frames: int) -> tuple[Any, Any]:
+def _load_sidecars(item: InputItem, num_frames: int, num_actions: int | None = None) -> tuple[Any, Any]:
     """The input's actions and rewards arrays (or None). Raises ``BadInput``: ``failed`` for a sidecar
     that is not a valid array for this video (``check_sidecar``), to retry when it could not be read."""
     arrays: dict[str, Any] = {"actions": None, "rewards": None}
@@ -197,7 +217,7 @@ def _load_sidecars(item: InputItem, num_frames: int) -> tuple[Any, Any]:
             raise BadInput(
                 "failed", f"{name} file {url} is not a .npy array ({e}); save it with np.save"
             ) from e
-        why = check_sidecar(name, url, arr, num_frames)
+        why = check_sidecar(name, url, arr, num_frames, num_actions)
         if why:
             raise BadInput("failed", why)
         arrays[name] = arr
@@ -280,7 +300,7 @@ def curate_input(
                 f"no scene is long enough for one clip of {cfg.clip_frames} frames at "
                 f"{cfg.fps:g} fps ({clip_s:.2f} s); video lasts {last_time:.2f} s",
             )
-        actions, rewards = _load_sidecars(item, reader.count)
+        actions, rewards = _load_sidecars(item, reader.count, cfg.num_actions)
         clips: list[tuple[str, dict[str, Any]]] = []
         for plan, key, members in kept:
             if actions is not None:
@@ -459,9 +479,10 @@ def split_sources(has_actions: dict[str, bool], heldout_fraction: float, seed: i
 
 def pack(
     items: list[InputItem], staging_dir: Path, out: Path, cfg: CurateConfig
-) -> tuple[list[dict], list[Path]]:
+) -> tuple[list[dict], dict[str, str]]:
     """Write every staged clip into ``out/shards`` in (source id, clip index) order; return the manifest
-    rows (with splits) and the shard paths. Inputs with no staging file get a ``failed`` row."""
+    rows (with splits) and ``{shard file name: sha256 of its bytes}`` in shard order. Inputs with no
+    staging file get a ``failed`` row."""
     rows: list[dict[str, Any]] = []
     staged = {}
     for item in items:
@@ -500,10 +521,9 @@ def pack(
                 meta = json.loads(members["json"])
                 meta["split"] = row["split"]
                 writer.write(key, {**members, "json": meta})
-    written = writer.written
-    for stale in sorted(shard_dir.glob("shard-*.tar"))[len(written) :]:  # left by an earlier, bigger run
+    for stale in sorted(shard_dir.glob("shard-*.tar"))[len(writer.written) :]:  # left by a bigger run
         stale.unlink()
-    return rows, written
+    return rows, writer.sha256
 
 
 # --- the job ------------------------------------------------------------------------------------
@@ -557,18 +577,23 @@ def _run_locked(cfg: CurateConfig) -> dict[str, Any]:
     if stats is not None:
         print("curate: nothing new since the last run; its shards, manifest and stats stand", file=sys.stderr)
     else:
-        rows, shards = pack(items, staging_dir, out, cfg)
+        # The stats go first: a pack cut off midway must not leave the old shard hashes standing for
+        # new shards of the same names (later stages would take the data for unchanged).
+        (out / STATS_FILE).unlink(missing_ok=True)
+        rows, hashes = pack(items, staging_dir, out, cfg)
         timing: Counter = Counter()
         for row in rows:
             timing.update(row.pop("timing", {}))
         write_manifest(rows, out / MANIFEST_FILE)
-        stats = summarize(rows, cfg.clip_frames / cfg.fps, len(shards))
+        stats = summarize(rows, cfg.clip_frames / cfg.fps, len(hashes))
         stats["worker_seconds"] = {k: round(v, 3) for k, v in sorted(timing.items())}
         retry = sorted(r["source"] for r in retry_rows(rows))
         stats["complete"] = not retry
         stats["retry"] = retry
         stats["pack_key"] = key
         stats["inputs_key"] = inputs_key(items)
+        stats["settings_key"] = settings_key(cfg)
+        stats[SHARD_HASHES] = hashes  # what later stages fingerprint these shards by
         write_stats(stats, out / STATS_FILE)
     print(
         f"curate: {stats['clips']} clips in {stats['shards']} shards from {stats['inputs']} inputs "
@@ -590,12 +615,17 @@ def inputs_key(items: list[InputItem]) -> str:
     return h.hexdigest()[:16]
 
 
+def settings_key(cfg: CurateConfig) -> str:
+    """The settings the shards are a function of: those that change a clip's bytes, and the packing
+    settings (clips per shard, which sources are held out)."""
+    blob = json.dumps([cfg.fingerprint(), cfg.samples_per_shard, cfg.heldout_fraction, cfg.seed])
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
 def _pack_key(items: list[InputItem], staging_dir: Path, cfg: CurateConfig) -> str:
-    """What the shards are a function of: the clip settings, the packing settings and the staged inputs
-    (a staging file never changes once written, so its name and size stand for its content)."""
-    h = hashlib.sha1(
-        json.dumps([cfg.fingerprint(), cfg.samples_per_shard, cfg.heldout_fraction, cfg.seed]).encode()
-    )
+    """What the shards are a function of: the settings and the staged inputs (a staging file never
+    changes once written, so its name and size stand for its content)."""
+    h = hashlib.sha1(settings_key(cfg).encode())
     for item in items:
         path = staging_path(staging_dir, item)
         h.update(f"{item.source_id}:{path.stat().st_size if path.is_file() else -1}\n".encode())
@@ -603,12 +633,15 @@ def _pack_key(items: list[InputItem], staging_dir: Path, cfg: CurateConfig) -> s
 
 
 def _packed_stats(out: Path, key: str) -> dict[str, Any] | None:
-    """The last run's stats when it packed exactly this (so packing again would rewrite the same bytes)."""
+    """The last run's stats when it packed exactly this (so packing again would rewrite the same bytes);
+    stats of an older version, without the shards' hashes, are packed again to record them."""
     try:
         stats = read_stats(out / STATS_FILE)
     except (OSError, ValueError):
         return None
-    if not stats.get("complete") or stats.get("pack_key") != key or not (out / MANIFEST_FILE).is_file():
+    if not stats.get("complete") or stats.get("pack_key") != key or SHARD_HASHES not in stats:
+        return None
+    if not (out / MANIFEST_FILE).is_file():
         return None
     return stats if all(p.is_file() for p in shard_paths(out, int(stats.get("shards", -1)))) else None
 
@@ -616,7 +649,9 @@ def _packed_stats(out: Path, key: str) -> dict[str, Any] | None:
 def is_complete(cfg: CurateConfig) -> bool:
     """Whether ``cfg.output`` holds a finished curation of ``cfg.input`` as it is now: the stats say
     complete (no input waits for a retry), every shard they count is there, the manifest has a row
-    for exactly the inputs, and no input was added, removed or edited since (``inputs_key``)."""
+    for exactly the inputs, no input was added, removed or edited since (``inputs_key``), and they were
+    made with these settings (``settings_key``; stats of an older version, without it, are taken as
+    they are)."""
     out = Path(cfg.output)
     try:
         stats = read_stats(out / STATS_FILE)
@@ -626,7 +661,7 @@ def is_complete(cfg: CurateConfig) -> bool:
     shards = shard_paths(out, int(stats.get("shards", -1)))
     if not stats.get("complete") or "shards" not in stats or not all(p.is_file() for p in shards):
         return False
-    if retry_rows(rows):
+    if retry_rows(rows) or stats.get("settings_key", settings_key(cfg)) != settings_key(cfg):
         return False
     try:  # listed last: for a URL or list file it is the slow part
         items = curation_inputs(cfg.input)

@@ -34,7 +34,7 @@ import multiprocessing
 import os
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,11 @@ class LoaderConfig:
     # Keep only samples that have all these members, by field name ("actions" for KEY.actions.npy):
     # a dataset mixing videos with and without actions trains an action-conditioned model on the former.
     require: list[str] = field(default_factory=list)
+    # Fields that some clips may lack (e.g. "actions" in a mix of labelled and unlabelled video): a batch
+    # fills a missing one with zeros shaped like the clips that have it, and its bool [B] field
+    # NAME_present says which clips have it. A field missing from some clips and not named here (or in
+    # require) is an error, so that clips of different kinds are never mixed by accident.
+    optional: list[str] = field(default_factory=list)
     # Decode only these fields ("frames" for KEY.mp4, "actions", "latents", ...); the others are
     # dropped unread. None keeps all. A tokenizer reads frames alone, whether or not clips have actions.
     fields: list[str] | None = None
@@ -248,13 +253,15 @@ def decode_sample(raw: dict[str, Any], num_frames: int | None = None) -> dict[st
     return out
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def collate(samples: list[dict[str, Any]], optional: Collection[str] = ()) -> dict[str, Any]:
     """Stack decoded samples into a batch.
 
     ``{"key": list[str], "meta": list[dict], "frames": uint8 [B, T, H, W, 3] or None,
     "actions": [B, T, ...] or None, "rewards": float32 [B, T] or None}`` plus every other numeric
     array member stacked to a tensor and every other member (text, bytes, string arrays) as a list.
-    Raises ``ValueError`` (naming the keys) when the clips of a batch differ in shape.
+    Raises ``ValueError`` (naming the keys) when the clips of a batch differ in shape. A field in
+    ``optional`` may be missing from some clips: those get zeros shaped like the others', and the
+    batch gains ``NAME_present`` (bool ``[B]``).
     """
     batch: dict[str, Any] = {
         "key": [s["key"] for s in samples],
@@ -266,10 +273,18 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     names = {n for s in samples for n in s if n not in ("key", "meta")}
     for name in sorted(names):
         missing = [s["key"] for s in samples if name not in s]
+        if name in optional:
+            present = [name in s for s in samples]
+            batch[f"{name}_present"] = torch.tensor(present)
+            if missing:
+                like = next(s[name] for s in samples if name in s)
+                samples = [s if name in s else {**s, name: np.zeros_like(like)} for s in samples]
+            missing = []
         if missing:
             raise ValueError(
                 f"batch field {name!r} is missing from samples {missing[:4]} but present in others: the "
-                "shards mix kinds of samples (e.g. clips with and without actions); keep them apart"
+                "shards mix kinds of samples (e.g. clips with and without actions); keep them apart, or name "
+                f"the field in data.optional (data.optional=[{name}]) to fill it with zeros where missing"
             )
         values = [s[name] for s in samples]
         if isinstance(values[0], np.ndarray) and values[0].dtype.kind in "biufc":
@@ -432,11 +447,11 @@ class ShardStream(IterableDataset):
                 got += 1
                 pending.append(sample)
                 if len(pending) == self.cfg.batch_size:
-                    yield {**collate(pending), "epoch": epoch}
+                    yield {**collate(pending, self.cfg.optional), "epoch": epoch}
                     pending = []
             if not self.cfg.resampled:
                 if pending:
-                    yield {**collate(pending), "epoch": epoch}
+                    yield {**collate(pending, self.cfg.optional), "epoch": epoch}
                 return
             if got == 0:
                 raise RuntimeError(

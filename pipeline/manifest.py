@@ -11,7 +11,8 @@ read the input or to run its task (I/O error, vanished file, worker crash or out
 input's content, also has ``"retry": true``: the job did not finish it, and a rerun tries it again.
 ``DIR/stats.json`` holds the totals:
 inputs by status, clips, clips dropped per filter reason, seconds of source and of clips,
-source resolutions, and clips and sources per split.
+source resolutions, clips and sources per split, and ``shard_sha256``: ``{shard file name: sha256 of
+its bytes}``, which later stages fingerprint the folder by (``runtime.fingerprint``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.files import atomic_write_text
+from runtime.fingerprint import SHARD_HASHES, STATS_FILE  # noqa: F401  (DIR/STATS_FILE: the totals)
 
 MANIFEST_FILE = "manifest.jsonl"  # DIR/MANIFEST_FILE: the rows
-STATS_FILE = "stats.json"  # DIR/STATS_FILE: the totals, with "complete": true once the job finished
 STATUSES = ("ok", "skipped", "failed")
 
 

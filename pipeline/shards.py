@@ -4,7 +4,7 @@ A curated dataset is a folder::
 
     DIR/shards/shard-000000.tar, shard-000001.tar, ...   WebDataset tar shards
     DIR/manifest.jsonl                                   one row per input (see pipeline.manifest)
-    DIR/stats.json                                       totals
+    DIR/stats.json                                       totals, and the sha256 of each shard
 
 Each clip is one WebDataset sample: tar members that share the key ``KEY`` (no dots in it)::
 
@@ -19,7 +19,9 @@ Each clip is one WebDataset sample: tar members that share the key ``KEY`` (no d
 
 Tars are deterministic: members in a fixed order, mtime 0, uid/gid 0, mode 0644, so the same
 clips give byte-identical shards. A shard is written to a temporary name and renamed when
-complete, so a ``shard-*.tar`` that exists is whole.
+complete, so a ``shard-*.tar`` that exists is whole. ``ShardWriter`` hashes each shard's bytes
+(sha256) as it streams them; the job records them in ``stats.json`` (``runtime.fingerprint``), which
+is how later stages tell that the shards they read have changed.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from runtime.files import atomic_open
+from runtime.fingerprint import SHARDS_DIR, HashingWriter  # DIR/SHARDS_DIR holds a dataset's shards
 
 FORMAT_VERSION = 1
-SHARDS_DIR = "shards"  # DIR/SHARDS_DIR holds a dataset's shards
 SHARD_PATTERN = "shard-{index:06d}.tar"
 # Members of a sample are written in this order; others follow sorted by name.
 MEMBER_ORDER = ("json", "mp4", "actions.npy", "rewards.npy")
@@ -91,8 +93,9 @@ class ShardWriter:
     """Write samples into ``out_dir/shard-NNNNNN.tar`` files of ``samples_per_shard`` samples each.
 
     Numbering starts at ``start_index``. Each shard is written under a temporary name and renamed
-    when full or on ``close()``; ``written`` lists the finished shard paths. Use as a context
-    manager; on an exception the partial shard is discarded, never renamed.
+    when full or on ``close()``; ``written`` lists the finished shard paths and ``sha256`` maps each
+    one's file name to the sha256 of its bytes (hex), hashed while writing. Use as a context manager;
+    on an exception the partial shard is discarded, never renamed.
     """
 
     def __init__(self, out_dir: str | os.PathLike, samples_per_shard: int, start_index: int = 0) -> None:
@@ -103,13 +106,16 @@ class ShardWriter:
         self.samples_per_shard = samples_per_shard
         self.index = start_index
         self.written: list[Path] = []
+        self.sha256: dict[str, str] = {}
         self._ctx = None
+        self._hashing: HashingWriter | None = None
         self._tar: tarfile.TarFile | None = None
         self._count = 0
 
     def _open(self) -> None:
         self._ctx = atomic_open(self.out_dir / SHARD_PATTERN.format(index=self.index), "wb")
-        self._tar = tarfile.open(fileobj=self._ctx.__enter__(), mode="w", format=tarfile.USTAR_FORMAT)
+        self._hashing = HashingWriter(self._ctx.__enter__())
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT)
         self._count = 0
 
     def _finish(self, exc: BaseException | None = None) -> None:
@@ -121,6 +127,7 @@ class ShardWriter:
         if exc is None:
             ctx.__exit__(None, None, None)
             self.written.append(path)
+            self.sha256[path.name] = self._hashing.hexdigest()
             self.index += 1
         else:
             ctx.__exit__(type(exc), exc, exc.__traceback__)

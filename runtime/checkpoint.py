@@ -11,6 +11,13 @@ Layout (version 1)::
             model.safetensors       # the consolidated model weights (fp32 master copy), rank 0
             COMPLETE                # JSON, written last: {"version", "step", "world_size", "zero_stage", ...}
 
+Beside them, ``RUN_DIR/data.json`` (``DATA_RECORD``) says what data the run's checkpoints learnt from:
+``{"fingerprint": runtime.fingerprint.shards_fingerprint(data.shards) or null, "shards": data.shards,
+"started": UTC time, to the microsecond, the run started from step 0}``. ``begin_run`` writes it when
+training starts; when the data changed since (curated or tokenized again), it first moves the run's
+old outputs to ``RUN_DIR/stale/STAMP/``, so the run starts from step 0 and old and new data never mix
+in one model.
+
 A checkpoint is complete when ``COMPLETE`` exists; ``latest`` is moved only after that, and a
 folder without ``COMPLETE`` (a write cut off by a crash or preemption) is never resumed from.
 Weights leave a run only as safetensors: every checkpoint holds its consolidated weights as
@@ -23,22 +30,28 @@ purpose, by ``vidworld convert-checkpoint RUN_DIR trust=true`` (``runtime.conver
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from runtime.files import atomic_open, atomic_write_text
+from runtime.files import LOCK_FILE, atomic_open, atomic_write_text
+from runtime.fingerprint import shards_fingerprint
 
 FORMAT_VERSION = 1
 _TAG = re.compile(r"step_(\d{8})")
 
 WEIGHTS = "model.safetensors"  # a run's consolidated weights, at run_dir/WEIGHTS (the one spelling)
+DATA_RECORD = "data.json"  # run_dir/DATA_RECORD: the data the run's checkpoints learnt from
+STALE_DIR = "stale"  # run_dir/STALE_DIR/STAMP/: a run's outputs set aside when its data changed
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -221,3 +234,87 @@ def export_weights(ckpt_dir: str | Path, out_path: str | Path) -> Path:
     meta = read_meta(ckpt_dir)
     weights = load_checkpoint_weights(ckpt_dir)
     return save_weights(weights, out_path, {"step": str(meta["step"]), "checkpoint": ckpt_dir.name})
+
+
+# ---------------------------------------------------------------------------------------------------
+# The data a run learnt from
+
+
+def data_shards(data: Any) -> Any:
+    """The ``shards`` of a training config's ``data`` section (a dataclass or a dict), or ``None`` for a
+    task that reads no shards."""
+    shards = data.get("shards") if isinstance(data, dict) else getattr(data, "shards", None)
+    return None if shards in (None, "", "???") else shards
+
+
+def data_fingerprint(data: Any) -> str | None:
+    """The content fingerprint of the shards ``data`` names (``runtime.fingerprint``), ``None`` when it
+    names none. ``OSError`` when they cannot be read."""
+    shards = data_shards(data)
+    return None if shards is None else shards_fingerprint(shards)
+
+
+def read_data_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``DATA_RECORD``, or ``None`` (a run of an older version, which wrote none)."""
+    try:
+        record = json.loads((Path(run_dir) / DATA_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def has_outputs(run_dir: str | Path) -> bool:
+    """Whether the run has trained anything: checkpoint folders or exported weights."""
+    root = checkpoint_root(run_dir)
+    tags = root.is_dir() and any(_TAG.fullmatch(p.name) for p in root.iterdir())
+    return bool(tags) or (Path(run_dir) / WEIGHTS).is_file()
+
+
+def set_aside(run_dir: str | Path) -> Path:
+    """Move everything in ``run_dir`` but its writer lock and earlier set-asides to
+    ``run_dir/stale/STAMP/`` (UTC time); returns that folder. Nothing is deleted."""
+    run_dir = Path(run_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest, n = run_dir / STALE_DIR / stamp, 1
+    while dest.exists():
+        dest, n = run_dir / STALE_DIR / f"{stamp}-{n}", n + 1
+    dest.mkdir(parents=True)
+    for p in sorted(run_dir.iterdir()):
+        if p.name not in (LOCK_FILE, STALE_DIR):
+            os.replace(p, dest / p.name)
+    return dest
+
+
+def begin_run(run_dir: str | Path, data: Any) -> str | None:
+    """Rank 0, when training starts (holding ``run_dir``'s lock, before anything else is written): make
+    sure the checkpoints it may resume learnt from the data ``data`` names now, and record it.
+
+    When ``DATA_RECORD`` names other data and the run has outputs, they are moved aside (``set_aside``)
+    and the run starts from step 0: a model is never trained on a mix of old and new data, and the old
+    one is kept. A run with outputs but no record (an older version) is resumed as it is, and gets one.
+    When the data cannot be read, nothing is done: the task's loader will say what is missing.
+    Returns a line to print, or ``None``."""
+    run_dir = Path(run_dir)
+    try:
+        fingerprint = data_fingerprint(data)
+    except OSError:
+        return None
+    old = read_data_record(run_dir)
+    message = None
+    if old is not None and old.get("fingerprint") != fingerprint and has_outputs(run_dir):
+        moved = set_aside(run_dir)
+        old = None
+        message = (
+            f"the data ({data_shards(data)}) changed since this run's checkpoints were trained (curated or "
+            f"tokenized again); moved them to {moved} and training from step 0 on the data as it is now"
+        )
+    elif old is None and has_outputs(run_dir):
+        message = (
+            f"{run_dir} has checkpoints of an older version that did not record their data; resuming them "
+            "as they are (if the data changed since, move them away to train from step 0)"
+        )
+    if old is None or old.get("fingerprint") != fingerprint:
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+        record = {"fingerprint": fingerprint, "shards": data_shards(data), "started": started}
+        atomic_write_text(run_dir / DATA_RECORD, json.dumps(record, indent=1) + "\n")
+    return message

@@ -4,7 +4,9 @@ A stage module gives its config dataclass and a function of that config; ``stage
 config (errors name the key and the source, exit 2 through ``vidworld.cli``), runs the function,
 turns the errors a user can fix (a missing file, a bad value, another writer on the output
 folder) into one line on stderr and exit 1, and lets the stage turn its result into the exit code
-(and print its summary).
+(and print its summary). A ``ConfigError`` the stage raises (a bad setting or argument found while
+running, e.g. an action out of range) passes through to ``vidworld.cli``: exit 2, as for one found
+while loading.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from runtime.config import load_config
+from runtime.config import ConfigError, load_config
 from runtime.files import FolderBusy
 
 C = TypeVar("C")
@@ -31,6 +33,8 @@ def stage_cli(
     cfg = load_config(schema, config_path, overrides)
     try:
         result = fn(cfg)
+    except ConfigError:
+        raise
     except (FileNotFoundError, ValueError, FolderBusy) as e:
         print(f"vidworld {name}: {e}", file=sys.stderr)
         return 1

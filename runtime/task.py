@@ -22,6 +22,7 @@ from torch import nn
 TASKS: dict[str, str] = {
     "tokenizer": "tokenizer.task:TokenizerTask",
     "dynamics": "dynamics.task:DynamicsTask",
+    "lam": "dynamics.lam_task:LAMTask",
     "reference": "runtime.reference_task:ReferenceTask",
 }
 

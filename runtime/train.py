@@ -13,6 +13,8 @@ vidworld) train CONFIG``, ``srun``, a Ray Train worker). Rerunning the same comm
 Run folder (``run_dir``)::
 
     config.yaml          the resolved config (also inside every checkpoint)
+    data.json            the fingerprint of the data (data.shards) the checkpoints learnt from: when
+                         it changed, the run's old outputs move to stale/STAMP/ and it starts at step 0
     checkpoints/         see runtime.checkpoint (latest, step_NNNNNNNN/, COMPLETE markers)
     metrics.jsonl        one JSON row per logged step (names in runtime.tracking)
     media/               the task's eval videos (mp4)
@@ -662,7 +664,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> int:
     run_dir = Path(cfg.run_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        note = ckpt.begin_run(run_dir, cfg.data)  # checkpoints of other data are moved aside, never resumed
+        if note:
+            print(f"train: {note}", flush=True)
         save_config(cfg, run_dir / "config.yaml")
+    barrier()  # every rank looks for checkpoints to resume only once rank 0 has set stale ones aside
 
     # Same seed on every rank: identical initial weights (DeepSpeed also broadcasts rank 0's).
     torch.manual_seed(t.seed)

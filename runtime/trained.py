@@ -1,5 +1,10 @@
 """What a training run has produced, for the stages after it: the step of its exported weights,
-whether the run is finished (``is_complete``), and the one way to load its model (``load_trained``)."""
+whether the run is finished on the data as it is now (``is_complete``), what an evaluation of it is
+of (``run_identity``), and the one way to load its model (``load_trained``).
+
+Loading a run builds the model of the task its ``config.yaml`` names. A run folder may come from
+anyone, and a task named ``module:Class`` would import (run) that module: only the tasks of
+``runtime.task.TASKS`` are loaded unless the caller passes ``trust=True``."""
 
 from __future__ import annotations
 
@@ -12,8 +17,14 @@ from torch import nn
 
 from runtime import checkpoint as ckpt
 from runtime.checkpoint import WEIGHTS
+from runtime.config import load_yaml
 from runtime.parallelize import apply_attention_backend, build_on_meta, materialize
+from runtime.task import TASKS
 from runtime.train import TrainConfig, load_train_config, resolve_task_class
+
+
+class UntrustedTask(ValueError):
+    """A run folder names a task outside ``runtime.task.TASKS``; loading it would import its module."""
 
 
 def trained_step(run_dir: str | os.PathLike) -> int | None:
@@ -29,13 +40,49 @@ def trained_step(run_dir: str | os.PathLike) -> int | None:
 
 
 def is_complete(cfg: TrainConfig) -> bool:
-    """Whether the run of the training config ``cfg`` is finished: its exported weights are of step
-    ``trainer.max_steps``."""
-    return trained_step(cfg.run_dir) == cfg.trainer.max_steps
+    """Whether the run of the training config ``cfg`` is finished on the data ``cfg`` names as it is
+    now: its exported weights are of step ``trainer.max_steps``, and the fingerprint of the data it
+    learnt from (``runtime.checkpoint.DATA_RECORD``) is that of ``data.shards`` now (their content:
+    shards curated or tokenized again make it stale, and the next ``vidworld train`` starts over).
+    A run of an older version, which recorded no data, is judged by its step alone."""
+    if trained_step(cfg.run_dir) != cfg.trainer.max_steps:
+        return False
+    record = ckpt.read_data_record(cfg.run_dir)
+    if record is None:
+        return True
+    try:
+        return record.get("fingerprint") == ckpt.data_fingerprint(cfg.data)
+    except OSError:  # the data is gone: nothing says the model is of it
+        return False
+
+
+def run_identity(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """What an evaluation of the run ``run_dir`` is of, for the evaluation's own completeness check:
+    the step of its exported weights and its data record's fingerprint and start time (a run trained
+    again, on new data or from scratch, has another). ``None`` without exported weights."""
+    step = trained_step(run_dir)
+    if step is None:
+        return None
+    record = ckpt.read_data_record(run_dir) or {}
+    return {"step": step, "data": record.get("fingerprint"), "started": record.get("started")}
+
+
+def check_task_trusted(run_dir: str | os.PathLike, trust: bool = False) -> None:
+    """Raise ``UntrustedTask`` when ``run_dir/config.yaml`` names a task that is not one of
+    ``runtime.task.TASKS`` (by name or by its ``module:Class``) and ``trust`` is false."""
+    path = Path(run_dir) / "config.yaml"
+    task = str(load_yaml(path).get("task", ""))
+    if trust or task in TASKS or task in TASKS.values():
+        return
+    raise UntrustedTask(
+        f"{path} names task {task!r}, which is not one of vidworld's tasks {sorted(TASKS)}: loading the "
+        f"run would import and run the module {task.split(':')[0]!r}. If you trust that code, load it from "
+        "Python with runtime.trained.load_trained(run_dir, trust=True), or add the task to runtime.task.TASKS"
+    )
 
 
 def load_trained(
-    run_dir: str | os.PathLike, device: str | torch.device = "cpu"
+    run_dir: str | os.PathLike, device: str | torch.device = "cpu", trust: bool = False
 ) -> tuple[Any, Any, nn.Module]:
     """A finished (or stopped) run as ``(config, task, model)``, the model in eval mode on ``device``.
 
@@ -44,6 +91,9 @@ def load_trained(
     DeepSpeed's pickled files: a checkpoint without safetensors fails with
     ``checkpoint.WeightsNotExported``, naming ``vidworld convert-checkpoint``. For inference and
     evaluation code (rollouts, the tokenizer in the dynamics stage); no DeepSpeed needed.
+
+    Only a run of a task of ``runtime.task.TASKS`` is loaded; another (``module:Class``) raises
+    ``UntrustedTask`` before anything is imported, unless ``trust=True``.
     """
     from safetensors.torch import load_file
 
@@ -59,6 +109,7 @@ def load_trained(
                 f"{run_dir} has neither model.safetensors nor a complete checkpoint; train it first"
             )
         weights = ckpt.load_checkpoint_weights(latest, device=str(device))
+    check_task_trusted(run_dir, trust)  # before load_train_config, which imports the task's module
     cfg = load_train_config(run_dir / "config.yaml")
     task = resolve_task_class(cfg.task)(cfg.model, cfg)
     # The path training takes: built on meta, given memory and initialised on the device (which

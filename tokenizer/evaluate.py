@@ -6,14 +6,15 @@ data range 255, per frame (``tokenizer.metrics``), then the mean over frames and
 
     out_dir/metrics.json   {"recon_psnr": dB, "recon_ssim": 0..1, "resolution": "HxW", "clips": n,
                             "frames_per_clip": T, "split": "heldout", "keys": [...], "tokenizer": path,
-                            "step": int | null, "date": ISO-8601 UTC, "machine": str,
+                            "step": int | null, "inputs": {...}, "date": ISO-8601 UTC, "machine": str,
                             "by_group": {GROUP: {"recon_psnr", "recon_ssim", "clips"}},
                             "codebook_usage" / "codebook_perplexity" (FSQ tokenizers only)}
     out_dir/recon.mp4      side by side, original | reconstruction, a few clips one after another, at
                            the frame rate the first clip's metadata records (else ``fps``)
 
 (file names: ``METRICS_FILE``, ``RECON_VIDEO``); ``is_complete(run_dir, out_dir)`` says whether they
-are of the tokenizer run's current weights.
+are of the tokenizer run's current weights and of the clip shards as they are now (``inputs``: see
+``eval_inputs``).
 
 Which clips: those of ``split`` in the shards, grouped by the folder their source video lies in
 (``breakout``, ``pong``, ``natural``...: ``source_group``), ranked within each group by a hash of
@@ -46,6 +47,7 @@ from pipeline.loader import LoaderConfig, make_loader
 from pipeline.shards import clip_fps
 from runtime.config import load_config
 from runtime.files import atomic_write_bytes, atomic_write_text
+from runtime.fingerprint import file_sha256, shards_fingerprint
 from runtime.progress import Progress
 from runtime.video import encode_mp4
 from tokenizer.export import load_tokenizer
@@ -73,9 +75,38 @@ class TokenizerEvalConfig:
     fps: float = 15.0  # recon.mp4's rate when the clips' metadata records none (curated clips do)
 
 
+def tokenizer_identity(tokenizer_path: str | os.PathLike) -> dict[str, Any] | None:
+    """Which tokenizer weights an evaluation used: a training run's ``runtime.trained.run_identity``
+    (step and data record), an export's sha256 of its weights; ``None`` when there are none."""
+    from runtime.trained import run_identity  # here: it imports the training runtime
+    from tokenizer.export import weights_file
+
+    identity = run_identity(tokenizer_path)
+    if identity is not None:
+        return identity
+    try:
+        return {"sha256": file_sha256(weights_file(tokenizer_path))}
+    except (OSError, ValueError):
+        return None
+
+
+def eval_inputs(tokenizer_path: str | os.PathLike, clip_shards: str) -> dict[str, Any]:
+    """What an evaluation is of (``metrics.json``'s ``inputs``): the tokenizer (``tokenizer_identity``)
+    and the content of the clip shards (``runtime.fingerprint.shards_fingerprint``; ``None`` when
+    they cannot be read)."""
+    try:
+        clips = shards_fingerprint(clip_shards)
+    except (OSError, ValueError):
+        clips = None
+    return {"tokenizer": tokenizer_identity(tokenizer_path), "clips": clips}
+
+
 def is_complete(run_dir: str | os.PathLike, output: str | os.PathLike) -> bool:
     """Whether ``output`` holds an evaluation of the tokenizer run ``run_dir`` as it is now: its
-    ``metrics.json`` is of the step of the run's exported weights, and ``recon.mp4`` is there."""
+    ``metrics.json`` is of the step of the run's exported weights, of this run (trained again, it
+    has another ``run_identity``) and of the clip shards (``shards``) as they are now, and
+    ``recon.mp4`` is there. A ``metrics.json`` of an older version, without ``inputs``, is judged by
+    the step alone."""
     from runtime.trained import trained_step  # here: it imports the training runtime
 
     out = Path(output)
@@ -89,6 +120,7 @@ def is_complete(run_dir: str | os.PathLike, output: str | os.PathLike) -> bool:
         and isinstance(metrics, dict)
         and metrics.get("step") == step
         and (out / RECON_VIDEO).is_file()
+        and ("inputs" not in metrics or metrics["inputs"] == eval_inputs(run_dir, str(metrics.get("shards"))))
     )
 
 
@@ -248,6 +280,7 @@ def evaluate_tokenizer(
         "shards": str(clip_shards),
         "tokenizer": str(tokenizer_path),
         "step": trained_step(tokenizer_path),
+        "inputs": eval_inputs(tokenizer_path, clip_shards),
         "date": utc_now(),
         "machine": machine_name(),
         "seed": seed,

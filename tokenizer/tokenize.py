@@ -12,17 +12,21 @@ and a rerun skips shards already written). Each output sample keeps the clip's k
 
 Latent frame 0 codes source frame 0 alone; latent frame i > 0 codes source frames
 ``1 + (i-1)*t .. i*t`` (``t`` = temporal compression). The folder gets ``manifest.jsonl`` (one row
-per input shard: ``source``, ``status``, ``reason``, ``clips``, ``corrupt``) and ``stats.json``
-(totals, the tokenizer, ``latent_shape``, ``latent_std``, the ``fingerprint`` of the tokenizer
-weights and settings and of the input shards, ``complete``), like curation's. ``is_complete(cfg)``
-says whether a folder holds this job's finished output for the inputs as they are now;
-``latent_geometry(folder)`` reads the dynamics model's side of the tokenizer seam from the stats.
+per input shard: ``source``, ``status``, ``reason``, ``clips``, ``corrupt``, ``sha256`` of the latent
+shard written) and ``stats.json`` (totals, the tokenizer, ``latent_shape``, ``latent_std``, the
+``fingerprint`` of the tokenizer weights and settings and of the input shards, ``shard_sha256``,
+``complete``), like curation's. ``is_complete(cfg)`` says whether a folder holds this job's finished
+output for the inputs as they are now; ``latent_geometry(folder)`` reads the dynamics model's side of
+the tokenizer seam from the stats.
 
-The input shards are identified by name, size and mtime (one ``stat`` each; curation rewrites every
-shard it repacks). When they changed since the folder was written (the clips were curated again),
-the run removes the old latent shards and rows first and tokenizes everything again, so old and new
-clips are never mixed. Latents of another tokenizer or settings are refused, never overwritten.
-The job holds the output folder's writer lock (``runtime.files.folder_lock``).
+Inputs and weights are identified by their content: the input shards by
+``runtime.fingerprint.shards_fingerprint`` (the sha256 curation recorded for each shard, so a check
+reads no shard), the tokenizer by the sha256 of its weights file. When the input shards changed since
+the folder was written (the clips were curated again), or the tokenizer at the same path has other
+weights (it was trained again), the run removes the old latent shards and rows first and tokenizes
+everything again, so old and new clips are never mixed. Latents of a tokenizer at another path, or
+of other settings, are refused, never overwritten. The job holds the output folder's writer lock
+(``runtime.files.folder_lock``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from pipeline.loader import resolve_shards
 from pipeline.manifest import MANIFEST_FILE, STATS_FILE, read_stats, write_manifest
 from pipeline.shards import SHARD_PATTERN, SHARDS_DIR, add_sample, shard_paths
 from runtime.files import atomic_open, atomic_write_text, folder_lock
+from runtime.fingerprint import SHARD_HASHES, HashingWriter, file_sha256, shards_fingerprint
 from runtime.progress import Progress
 from runtime.stage import stage_cli
 from runtime.video import decode_mp4
@@ -82,36 +87,32 @@ def tokenizer_info(tok: Any, path: str) -> dict[str, Any]:
     }
 
 
+def _settings(cfg: TokenizeConfig) -> str:
+    """The settings that change latents (besides the weights)."""
+    return json.dumps({"chunk_frames": cfg.chunk_frames})
+
+
 def _fingerprint(cfg: TokenizeConfig) -> str:
-    """The tokenizer weights (by size and mtime) and the settings that change latents."""
+    """The tokenizer weights (the sha256 of their bytes) and the settings that change latents."""
     from tokenizer.export import weights_file
 
-    weights = weights_file(cfg.tokenizer)
-    st = weights.stat()
-    text = json.dumps([str(weights.resolve()), st.st_size, st.st_mtime_ns, cfg.chunk_frames])
+    text = json.dumps([file_sha256(weights_file(cfg.tokenizer)), _settings(cfg)])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def inputs_fingerprint(sources: list[str]) -> str:
-    """The input shards as they are now: each one's name, size and mtime (a URL: its name only)."""
-    h = hashlib.sha1()
-    for src in sources:
-        try:
-            st = os.stat(src)
-            h.update(f"{src}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        except (OSError, ValueError):  # a URL (or a shard gone since listing: the run will say so)
-            h.update(f"{src}\n".encode())
-    return h.hexdigest()[:16]
+def inputs_fingerprint(cfg: TokenizeConfig) -> str:
+    """The input shards as they are now, by content (``runtime.fingerprint.shards_fingerprint``)."""
+    return shards_fingerprint(cfg.input)
 
 
 def _full_fingerprint(cfg: TokenizeConfig) -> str:
-    return f"{_fingerprint(cfg)}+{inputs_fingerprint(resolve_shards(cfg.input))}"
+    return f"{_fingerprint(cfg)}+{inputs_fingerprint(cfg)}"
 
 
 def is_complete(cfg: TokenizeConfig) -> bool:
     """Whether ``cfg.output`` holds this job's finished output: the stats say complete, were made with
     this tokenizer's weights as they are now and these settings, from the input shards as they are now
-    (``inputs_fingerprint``), and every shard they count is there."""
+    (``inputs_fingerprint``: their content, not their names), and every shard they count is there."""
     out = Path(cfg.output)
     try:
         stats = read_stats(out / STATS_FILE)
@@ -216,7 +217,8 @@ class ShardEncoder:
                 latents.update({decoded[i][0]: z for i, z in zip(part, outs, strict=True)})
         with (
             atomic_open(target, "wb") as f,
-            tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+            # Hashed as it streams: the shard's sha256, which later stages fingerprint the latents by.
+            tarfile.open(fileobj=(hashing := HashingWriter(f)), mode="w", format=tarfile.USTAR_FORMAT) as tar,
         ):
             for key, members, _ in decoded:
                 if key not in latents:
@@ -226,6 +228,7 @@ class ShardEncoder:
                 out = {"json": meta, ("indices.npy" if self.tok.is_discrete else "latents.npy"): z}
                 out.update({ext: members[ext] for ext in ("actions.npy", "rewards.npy") if ext in members})
                 add_sample(tar, key, out)
+        row["sha256"] = hashing.hexdigest()
         row["clips"], row["corrupt"] = len(latents), len(problems)
         if latents:
             first = next(iter(latents.values()))
@@ -270,22 +273,38 @@ def _run_locked(cfg: TokenizeConfig) -> dict[str, Any]:
     rows_dir = out / "rows"
     rows_dir.mkdir(exist_ok=True)
     fingerprint = _fingerprint(cfg)
-    inputs = inputs_fingerprint(sources)
+    inputs = inputs_fingerprint(cfg)
     stamp = out / "tokenizer.json"
     old = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    written = any(rows_dir.iterdir()) or any(shard_dir.glob("shard-*.tar"))
     if old and old.get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"{out} holds latents of another tokenizer or settings ({stamp}); "
-            "choose a new output folder, or delete this one to re-tokenize"
-        )
-    if old.get("inputs") != inputs and (any(rows_dir.iterdir()) or any(shard_dir.glob("shard-*.tar"))):
+        # The tokenizer at the same path with other weights was trained (or exported) again: its old
+        # latents are of weights that are gone. Another path or other settings: someone else's latents.
+        if old.get("tokenizer") != cfg.tokenizer or old.get("settings", _settings(cfg)) != _settings(cfg):
+            raise ValueError(
+                f"{out} holds latents of another tokenizer or settings ({stamp}); "
+                "choose a new output folder, or delete this one to re-tokenize"
+            )
+        if written:
+            print(
+                f"tokenize: the tokenizer {cfg.tokenizer} has other weights than the ones that made {out} "
+                "(trained again?); removing its old latents and tokenizing every shard again",
+                file=sys.stderr,
+            )
+            _start_over(out, shard_dir, rows_dir)
+    elif old.get("inputs") != inputs and written:
         print(
             f"tokenize: the input shards {cfg.input} changed since {out} was written (curated again?); "
             "removing its old latents and tokenizing every shard again",
             file=sys.stderr,
         )
         _start_over(out, shard_dir, rows_dir)
-    stamp_data = {"fingerprint": fingerprint, "inputs": inputs, "tokenizer": cfg.tokenizer}
+    stamp_data = {
+        "fingerprint": fingerprint,
+        "inputs": inputs,
+        "tokenizer": cfg.tokenizer,
+        "settings": _settings(cfg),
+    }
     atomic_write_text(stamp, json.dumps(stamp_data))
     jobs = []
     for i, src in enumerate(sources):
@@ -334,6 +353,13 @@ def _run_locked(cfg: TokenizeConfig) -> dict[str, Any]:
         "latent_shape": next((r["latent_shape"] for r in rows if r.get("latent_shape")), None),
         "latent_std": latent_std,  # continuous latents: the dynamics model's latent_scale is 1 / this
         "fingerprint": f"{fingerprint}+{inputs}",
+        # Each latent shard's sha256, hashed as it was written (rows of an older version: hashed now),
+        # which the dynamics stage fingerprints its data by (runtime.fingerprint).
+        SHARD_HASHES: {
+            p.name: r.get("sha256") or file_sha256(p)
+            for r, p in zip(rows, shard_paths(out, len(sources)), strict=True)
+            if p.is_file()
+        },
     }
     atomic_write_text(out / STATS_FILE, json.dumps(stats, indent=2, sort_keys=True))
     print(

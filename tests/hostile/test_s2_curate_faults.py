@@ -15,6 +15,7 @@ from pipeline.curate import EXIT_RETRY, CurateConfig, cli, curate_input, is_comp
 from pipeline.inputs import InputItem, list_inputs
 from pipeline.manifest import read_manifest
 from pipeline.samples import write_video
+from runtime.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = str(ROOT / "jobs" / "curate.yaml")
@@ -56,7 +57,7 @@ def test_an_input_missing_at_read_time_fails_loudly_and_only_it_is_retried(ray_s
     assert rows["c.mp4"]["status"] == "failed" and rows["c.mp4"]["retry"] is True
     assert rows["garbage.mp4"]["status"] == "failed" and "retry" not in rows["garbage.mp4"]
     assert rows["a.mp4"]["status"] == rows["b.mp4"]["status"] == "ok"
-    cfg = CurateConfig(input=str(listing), output=str(out))
+    cfg = load_config(CurateConfig, JOB, _args(listing, out))
     assert not is_complete(cfg)
     first_keys = _keys(out)
     staged = {p: p.stat().st_mtime_ns for p in out.glob("staging/*/*.tar")}
@@ -92,7 +93,7 @@ def test_an_edited_input_makes_curation_incomplete(ray_session, tmp_path):
     write_video(videos / "a.mp4", _moving(30), 15)
     out = tmp_path / "out"
     assert cli(JOB, _args(videos, out)) == 0
-    cfg = CurateConfig(input=str(videos), output=str(out))
+    cfg = load_config(CurateConfig, JOB, _args(videos, out))
     assert is_complete(cfg)
     time.sleep(0.01)
     write_video(videos / "a.mp4", _moving(45, 120), 15)  # same path, new content

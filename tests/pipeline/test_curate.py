@@ -16,7 +16,7 @@ import pytest
 from pipeline.curate import CurateConfig, assign_splits, cli, curation_inputs, is_complete, iter_shard
 from pipeline.manifest import read_manifest
 from pipeline.samples import SamplesConfig, write_samples, write_video
-from runtime.config import ConfigError
+from runtime.config import ConfigError, load_config
 from runtime.video import decode_mp4
 
 pytestmark = pytest.mark.integration
@@ -271,9 +271,14 @@ def test_split_assignment_is_stable_and_holds_out_at_least_one_of_two_sources():
 
 
 def test_a_finished_curation_is_complete_for_its_inputs_only(curated, inputs, tmp_path):
-    assert is_complete(CurateConfig(input=str(inputs), output=str(curated)))
-    assert not is_complete(CurateConfig(input=str(inputs / "synthetic"), output=str(curated)))
-    assert not is_complete(CurateConfig(input=str(inputs), output=str(tmp_path / "elsewhere")))
+    def cfg(inputs: Path, out: Path, *extra: str) -> CurateConfig:
+        return load_config(CurateConfig, JOB, _args(inputs, out, *extra))
+
+    assert is_complete(cfg(inputs, curated))
+    assert not is_complete(cfg(inputs / "synthetic", curated))
+    assert not is_complete(cfg(inputs, tmp_path / "elsewhere"))
+    assert not is_complete(cfg(inputs, curated, "size=32"))  # made with other settings
+    assert not is_complete(cfg(inputs, curated, "heldout_fraction=0.5"))
 
 
 def test_a_rerun_skips_finished_inputs_and_changes_nothing(curated, inputs, capsys):

@@ -1,8 +1,10 @@
 """``pipeline.curate.is_complete``: the curation stage's own answer to "is this output finished?"."""
 
+import dataclasses
+import json
 from pathlib import Path
 
-from pipeline.curate import CurateConfig, curation_inputs, inputs_key, is_complete
+from pipeline.curate import CurateConfig, curation_inputs, inputs_key, is_complete, settings_key
 from pipeline.manifest import MANIFEST_FILE, STATS_FILE, make_row, write_manifest, write_stats
 from pipeline.shards import shard_paths
 
@@ -74,3 +76,15 @@ def test_an_input_waiting_for_a_retry_makes_curation_incomplete(tmp_path):
     ]
     write_manifest(rows, Path(cfg.output) / MANIFEST_FILE)
     assert not is_complete(cfg)
+
+
+def test_other_settings_make_curation_incomplete_and_stats_without_them_are_taken_as_they_are(tmp_path):
+    cfg = _cfg(tmp_path)
+    _finished_output(cfg)
+    assert is_complete(cfg)  # stats of an older version, which recorded no settings
+    stats_path = Path(cfg.output) / STATS_FILE
+    stats = json.loads(stats_path.read_text())
+    write_stats({**stats, "settings_key": settings_key(cfg)}, stats_path)
+    assert is_complete(cfg)
+    for changed in ({"size": 32}, {"seed": 1}, {"samples_per_shard": 3}, {"num_actions": 18}):
+        assert not is_complete(dataclasses.replace(cfg, **changed)), changed

@@ -117,7 +117,12 @@ def test_tokenize_is_complete_until_a_shard_goes_or_the_tokenizer_changes(curate
     assert not is_complete(cfg)
     shard.write_bytes(kept)
     assert is_complete(cfg)
-    save_tokenizer(load_tokenizer(export), None, export)  # re-exported: other weights, by their stamp
+    save_tokenizer(load_tokenizer(export), None, export)  # re-exported, the same weights: the same latents
+    assert is_complete(cfg)
+    tok = load_tokenizer(export)
+    with torch.no_grad():
+        next(tok.parameters()).add_(0.5)
+    save_tokenizer(tok, None, export)  # other weights: known by their content
     assert not is_complete(cfg)
 
 
