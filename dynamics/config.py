@@ -53,6 +53,19 @@ class DynamicsConfig:
     # dot-world test it is learned in far fewer steps than adaln); adaln: it joins the
     # per-frame adaptive-layer-norm conditioning of every block instead.
     action_injection: str = "add"
+    # Latent actions (clips without action labels): the number of codes of a latent action model
+    # (dynamics/lam.py; 0 = none) and its run folder, whose encoder labels every training clip's
+    # transitions on the fly. The chain fills both in when it trains a `lam` stage.
+    latent_actions: int = 0
+    lam: str | None = None
+    # Per labelled training clip, the probability that its latent codes are given beside its real
+    # actions (otherwise "no latent action"); clips without labels always get their codes. The
+    # model so learns real actions alone, latent codes alone, and both.
+    latent_action_mix: float = 0.5
+    # Fraction of the clips whose action labels are used (chosen by a hash of the clip key, the
+    # same clips on every rank and in every run); the others train as unlabelled. For label-efficiency
+    # studies: 0.1 = "10% of the clips are labelled".
+    label_fraction: float = 1.0
 
     # The tokenizer seam (from tokenizer.interface), used by DynamicsTask on latent shards:
     # source frames per latent frame after the first, and a factor that brings continuous
@@ -122,6 +135,21 @@ class DynamicsConfig:
             raise ValueError(
                 f"DynamicsConfig.action_dropout={self.action_dropout} must be in [0, 1) and "
                 f"context_noise={self.context_noise} >= 0"
+            )
+        for name in ("latent_action_mix", "label_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"DynamicsConfig.{name}={getattr(self, name)} must be in [0, 1]")
+        if self.latent_actions < 0:
+            raise ValueError(f"DynamicsConfig.latent_actions={self.latent_actions} must be >= 0 (0 = none)")
+        if self.lam and self.latent_actions <= 0:
+            raise ValueError(
+                f"DynamicsConfig.lam={self.lam!r} names a latent action model but latent_actions=0; set "
+                "model.latent_actions to its number of codes (the chain does this for its lam stage)"
+            )
+        if self.lam and self.head != "diffusion":
+            raise ValueError(
+                "DynamicsConfig.lam: the latent action model reads continuous latents; the maskgit head "
+                "trains on FSQ indices. Drop model.lam or use a continuous tokenizer"
             )
         if self.action_type == "continuous" and self.action_dim <= 0:
             raise ValueError("DynamicsConfig.action_type='continuous' needs action_dim > 0")

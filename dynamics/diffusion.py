@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
 from dynamics.head import DynamicsHead
-from dynamics.transformer import KVCache, frame_slice
+from dynamics.transformer import Actions, FrameActions, KVCache, frame_slice
 
 
 class NoiseLevelEmbedding(nn.Module):
@@ -88,7 +88,7 @@ class DiffusionDynamics(DynamicsHead):
         self,
         x: Tensor,
         s: Tensor,
-        actions: Tensor | None,
+        actions: Actions,
         cache: KVCache | None = None,
         write_cache: bool = False,
         prev: Tensor | None = None,
@@ -130,7 +130,7 @@ class DiffusionDynamics(DynamicsHead):
         return k * u / (1 + (k - 1) * u)
 
     # -- training ----------------------------------------------------------------------------
-    def loss(self, latents: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, latents: Tensor, actions: Actions = None) -> dict[str, Tensor]:
         """Diffusion-forcing loss for latents ``[B, C, T, h, w]`` and actions ``[B, T]`` / ``[B, T, A]``.
 
         Returns ``loss`` (MSE of the prediction target) and ``x0_mse`` (error of the implied clean
@@ -174,7 +174,7 @@ class DiffusionDynamics(DynamicsHead):
         }
 
     @torch.no_grad()
-    def own_predecessors(self, x0: Tensor, prev: Tensor, actions: Tensor | None, p: float) -> Tensor:
+    def own_predecessors(self, x0: Tensor, prev: Tensor, actions: Actions, p: float) -> Tensor:
         """For a fraction ``p`` of the clips, replace each frame's predecessor by the model's
         one-step prediction of it from the true past (what an open-loop rollout feeds back);
         ``x0``, ``prev`` ``[B, T, h, w, C]``. Frame 0 keeps its zeros, frame 1 the true frame 0."""
@@ -187,16 +187,29 @@ class DiffusionDynamics(DynamicsHead):
         own = torch.cat([prev[:, :2], pred[:, 1:-1]], dim=1)  # frame t's predecessor: pred of t-1
         return torch.where(chosen[:, None, None, None, None], own.to(prev.dtype), prev)
 
-    def drop_actions(self, actions: Tensor | None) -> Tensor | None:
-        """Training only: each clip's actions become "no action" with probability ``action_dropout``."""
+    def drop_actions(self, actions: Actions) -> Actions:
+        """Training only: each clip's actions (real and latent) become "no action" with probability
+        ``action_dropout``."""
         p = self.cfg.action_dropout
-        if actions is None or not self.training or p <= 0:
+        acts = FrameActions.of(actions)
+        if acts is None or not self.training or p <= 0:
             return actions
-        keep = torch.rand(actions.shape[0], device=actions.device) >= p
-        keep = keep.view(-1, *([1] * (actions.dim() - 1)))
-        if actions.is_floating_point():
-            return actions * keep.to(actions.dtype)
-        return torch.where(keep, actions, torch.full_like(actions, self.cfg.num_actions))
+        present = acts.real if acts.real is not None else acts.latent
+        assert present is not None
+        keep = torch.rand(present.shape[0], device=present.device) >= p
+
+        def drop(a: Tensor | None, none: int) -> Tensor | None:
+            if a is None:
+                return None
+            k = keep.view(-1, *([1] * (a.dim() - 1)))
+            if a.is_floating_point():
+                return a * k.to(a.dtype)
+            return torch.where(k, a, torch.full_like(a, none))
+
+        real = drop(acts.real, self.cfg.num_actions)
+        if not isinstance(actions, FrameActions):
+            return real
+        return FrameActions(real, drop(acts.latent, self.cfg.latent_actions))
 
     # -- sampling (the loop is DynamicsHead.rollout) ------------------------------------------
     def to_frames(self, x: Tensor) -> Tensor:
@@ -215,9 +228,7 @@ class DiffusionDynamics(DynamicsHead):
             raise ValueError(f"sampler={sampler!r}; choose euler or heun")
         return {"steps": steps or self.cfg.sampling_steps, "sampler": sampler}
 
-    def write_cache(
-        self, frames: Tensor, before: Tensor | None, actions: Tensor | None, cache: KVCache
-    ) -> None:
+    def write_cache(self, frames: Tensor, before: Tensor | None, actions: Actions, cache: KVCache) -> None:
         b, t = frames.shape[:2]
         prev = self.predecessors(frames, before) if self.cfg.residual else None
         self.predict(frames, torch.zeros(b, t, device=frames.device), actions, cache, True, prev=prev)
@@ -226,7 +237,7 @@ class DiffusionDynamics(DynamicsHead):
         self,
         frames: Tensor,
         t: int,
-        actions: Tensor | None,
+        actions: Actions,
         cache: KVCache | None,
         generator: torch.Generator | None,
         steps: int = 1,
@@ -248,7 +259,7 @@ class DiffusionDynamics(DynamicsHead):
         return x
 
     def _velocity(
-        self, x: Tensor, s: float, t: int, past: Tensor, actions: Tensor | None, cache: KVCache | None
+        self, x: Tensor, s: float, t: int, past: Tensor, actions: Actions, cache: KVCache | None
     ) -> Tensor:
         """Flow velocity ``eps - x0`` for frame ``t`` ``x`` ``[B, 1, h, w, C]`` at level ``s``.
 

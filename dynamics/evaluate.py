@@ -26,6 +26,12 @@ frames' actions taken from another held-out clip (the next in the selection; the
 its recorded actions); ``action_sensitivity_psnr`` = model_psnr(recorded) - model_psnr(other).
 Skipped when the model has no actions or fewer than two clips are evaluated.
 
+Latent actions (models trained with a latent action model, ``model.lam``): the latent action
+model labels each clip's transitions with its codes, and the model rolls out under those codes
+alone (no real actions, as it trained on unlabelled clips): ``latent_action_psnr`` per horizon;
+then under the next clip's codes for the horizon frames: ``latent_sensitivity_psnr`` =
+latent_action_psnr - that rollout's PSNR. Written to ``latent_actions.csv``.
+
 Counterfactual actions (EVALUATION.md, simulator data; on when ``branches`` names branch files,
 ``pipeline/branches.py``: two futures of one saved emulator state, A under the recorded actions
 and B under other ones, after the same context frames). Each file's frames are resized to
@@ -114,11 +120,13 @@ EVAL_JSON = "eval.json"
 COMPOUNDING_CSV = "compounding_error.csv"
 COMPOUNDING_FIGURE = "compounding_error.png"
 ACTION_CSV = "action_sensitivity.csv"
+LATENT_CSV = "latent_actions.csv"
 COUNTERFACTUAL_CSV = "counterfactual.csv"
 ROLLOUT_VIDEO = "rollout.mp4"
 COUNTERFACTUAL_VIDEO = "counterfactual.mp4"
 
 ACTION_COLUMNS = ("horizon", "action_sensitivity_psnr")
+LATENT_COLUMNS = ("horizon", "latent_action_psnr", "latent_sensitivity_psnr")
 
 # The W&B keys this stage logs (vidworld.dashboard draws them): the per-horizon figures as
 # PREFIX + column against HORIZON_KEY (latent frames after the context).
@@ -127,6 +135,7 @@ COUNTERFACTUAL_PREFIX = "counterfactual/"  # + a COUNTERFACTUAL_COLUMNS name
 HORIZON_KEY = COMPOUNDING_PREFIX + "horizon"
 COMPOUNDING_KEYS = tuple(COMPOUNDING_PREFIX + c for c in COMPOUNDING_COLUMNS if c != "horizon")
 ACTION_KEY = COMPOUNDING_PREFIX + "action_sensitivity_psnr"
+LATENT_KEYS = tuple(COMPOUNDING_PREFIX + c for c in LATENT_COLUMNS if c != "horizon")
 COMPOUNDING_TABLE_KEY = "eval/compounding_error"
 COUNTERFACTUAL_TABLE_KEY = "eval/counterfactual"
 FIGURE_KEY = "eval/compounding_error_figure"
@@ -168,12 +177,51 @@ class EvaluateConfig:
     )
 
 
+# Config keys that say where things are or go, not what is measured: their content is in eval_inputs.
+_NOT_SETTINGS = ("checkpoint", "tokenizer", "shards", "clips", "branches", "output", "device", "wandb")
+
+
+def eval_inputs(cfg: EvaluateConfig) -> dict[str, Any]:
+    """What an evaluation is of (eval.json's ``inputs``): the dynamics run
+    (``runtime.trained.run_identity``: step, data record), the tokenizer
+    (``tokenizer.evaluate.tokenizer_identity``), the content of the latent and clip shards and of the
+    branch files (``runtime.fingerprint``; ``None`` for what cannot be read), and every other setting."""
+    from runtime.fingerprint import files_fingerprint, shards_fingerprint
+    from runtime.trained import run_identity  # here: it imports the training runtime
+    from tokenizer.evaluate import tokenizer_identity
+
+    def content(fingerprint: Any, spec: Any) -> str | None:
+        try:
+            return fingerprint(spec)
+        except (OSError, ValueError):
+            return None
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_SETTINGS}
+    return json.loads(  # as eval.json holds it (tuples as lists), so that the two compare equal
+        json.dumps(
+            {
+                "checkpoint": run_identity(cfg.checkpoint),
+                "tokenizer": tokenizer_identity(cfg.tokenizer),
+                "shards": content(shards_fingerprint, cfg.shards),
+                "clips": content(shards_fingerprint, cfg.clips),
+                "branches": content(lambda b: files_fingerprint(branch_files(b)), cfg.branches)
+                if cfg.branches
+                else None,
+                "settings": settings,
+            },
+            sort_keys=True,
+        )
+    )
+
+
 def is_complete(cfg: EvaluateConfig) -> bool:
     """Whether ``cfg.output`` holds this evaluation of ``cfg.checkpoint`` as it is now: eval.json of
-    the step of the run's exported weights, the curve (CSV and figure) and the rollout video; and,
-    when ``cfg.branches`` asks for counterfactuals, their outcome: computed (then with
-    counterfactual.csv and counterfactual.mp4) or skipped for this model (no discrete actions:
-    rerunning would skip them again)."""
+    the step of the run's exported weights, of the inputs and settings as they are now
+    (``eval_inputs``: a run trained again, latents or clips made again, other settings make it stale;
+    an eval.json of an older version, without ``inputs``, is judged by the step alone), the curve
+    (CSV and figure) and the rollout video; and, when ``cfg.branches`` asks for counterfactuals,
+    their outcome: computed (then with counterfactual.csv and counterfactual.mp4) or skipped for
+    this model (no discrete actions: rerunning would skip them again)."""
     from runtime.trained import trained_step  # here: it imports the training runtime
 
     out = Path(cfg.output)
@@ -185,6 +233,8 @@ def is_complete(cfg: EvaluateConfig) -> bool:
         return False
     step = trained_step(cfg.checkpoint)
     if step is None or info.get("checkpoint_step") != step:
+        return False
+    if "inputs" in info and info["inputs"] != eval_inputs(cfg):
         return False
     if not all((out / n).is_file() for n in (COMPOUNDING_CSV, COMPOUNDING_FIGURE, ROLLOUT_VIDEO)):
         return False
@@ -251,11 +301,12 @@ def roll_out(
     horizon: int,
     noise_seed: int,
     sampling: SamplingConfig,
+    latent_actions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``ctx`` followed by ``horizon`` rolled-out latent frames (model space), the sampling noise
     seeded by ``noise_seed`` so that rollouts under different actions share it."""
     g = torch.Generator(device=world.device).manual_seed(noise_seed)
-    return world.cat(ctx, world.rollout(ctx, actions, horizon, g, sampling))
+    return world.cat(ctx, world.rollout(ctx, actions, horizon, g, sampling, latent_actions))
 
 
 def score_clip(
@@ -269,9 +320,13 @@ def score_clip(
     noise_seed: int,
     sampling: SamplingConfig,
     key: str = "",
+    latent: torch.Tensor | None = None,
+    other_latent: torch.Tensor | None = None,
 ) -> tuple[dict[str, np.ndarray], torch.Tensor]:
     """One clip's per-horizon figures (the CSV columns, and ``action_sensitivity_psnr`` when
-    ``other_actions`` is given), each ``[horizon]``, and the model's decoded frames.
+    ``other_actions`` is given), each ``[horizon]``, and the model's decoded frames. With the
+    clip's latent action codes ``latent`` ``[1, context + horizon]`` (and another clip's,
+    ``other_latent``), also ``latent_action_psnr`` (and ``latent_sensitivity_psnr``).
 
     ``x``: the clip's first ``context + horizon`` latent frames (model space, batch of one);
     ``actions`` ``[1, context + horizon, tau]`` or None; ``truth``: its uint8 source frames
@@ -286,7 +341,17 @@ def score_clip(
         # Same context and context actions; only the rolled-out frames get the other clip's actions.
         other = torch.cat([actions[:, :c], other_actions[:, c : c + horizon].to(actions.device)], 1)
         seqs.append(roll_out(world, ctx, other, horizon, noise_seed, sampling))
-    # One decode for all: model, copy-last, truth (the recon ceiling), other-actions rollout.
+    extra: dict[str, int] = {"other_actions": len(seqs) - 1} if len(seqs) == 4 else {}
+    if latent is not None:
+        # Latent codes alone, as the model trained on unlabelled clips; then the other clip's codes
+        # for the horizon frames.
+        extra["latent"] = len(seqs)
+        seqs.append(roll_out(world, ctx, None, horizon, noise_seed, sampling, latent))
+        if other_latent is not None:
+            swapped = torch.cat([latent[:, :c], other_latent[:, c : c + horizon].to(latent.device)], 1)
+            extra["other_latent"] = len(seqs)
+            seqs.append(roll_out(world, ctx, None, horizon, noise_seed, sampling, swapped))
+    # One decode for all: model, copy-last, truth (the recon ceiling), other-actions rollouts.
     decoded = world.decode(torch.cat(seqs, dim=0))
     if decoded.shape[1:] != truth.shape:
         raise ValueError(
@@ -297,8 +362,13 @@ def score_clip(
     z_true, z_model = world.latents(x), world.latents(seq_model)
     last_src = truth[source_slice(c - 1, tau)][-1:]
     out = {col: np.zeros(horizon) for col in COMPOUNDING_COLUMNS if col != "horizon"}
-    if len(seqs) == 4:
-        out["action_sensitivity_psnr"] = np.zeros(horizon)
+    for name, col in (
+        ("other_actions", "action_sensitivity_psnr"),
+        ("latent", "latent_action_psnr"),
+        ("other_latent", "latent_sensitivity_psnr"),
+    ):
+        if name in extra:
+            out[col] = np.zeros(horizon)
     for k in range(horizon):
         i = c + k  # the latent frame of horizon k + 1
         sl = source_slice(i, tau)
@@ -310,8 +380,15 @@ def score_clip(
         zt = z_true[:, :, i]
         out["model_latent_mse"][k] = float(((z_model[:, :, i] - zt) ** 2).mean())
         out["copy_last_latent_mse"][k] = float(((z_true[:, :, c - 1] - zt) ** 2).mean())
-        if len(seqs) == 4:
-            out["action_sensitivity_psnr"][k] = out["model_psnr"][k] - psnr(t, decoded[3][sl])
+        if "other_actions" in extra:
+            out["action_sensitivity_psnr"][k] = out["model_psnr"][k] - psnr(
+                t, decoded[extra["other_actions"]][sl]
+            )
+        if "latent" in extra:
+            out["latent_action_psnr"][k] = psnr(t, decoded[extra["latent"]][sl])
+        if "other_latent" in extra:
+            other_psnr = psnr(t, decoded[extra["other_latent"]][sl])
+            out["latent_sensitivity_psnr"][k] = out["latent_action_psnr"][k] - other_psnr
     return out, model_px
 
 
@@ -586,10 +663,13 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
     # Read and check the branch files before the long part, so that a bad one fails at once.
     windows, cf_hz, cf_note = load_branch_windows(cfg, world) if cf_status == "computed" else ([], 0, "")
     truth_by_key = clip_frames_by_key(cfg.clips, cfg.split, {s["key"] for s in chosen})
-    prepared = []
+    prepared, latents = [], []
     for s in chosen:
-        x, actions = world.prepare(s)
+        batch = world.prepare_batch(s)
+        x, actions = batch["x"], batch["actions"]
         prepared.append((world.slice(x, 0, need), None if actions is None else actions[:, :need]))
+        if batch.get("latent_actions") is not None:
+            latents.append(batch["latent_actions"][:, :need])
     n_src = source_frames(need, tau)
     sums: dict[str, np.ndarray] = {}  # column -> per-horizon sum over clips
     do_sens = cfg.action_sensitivity and uses_actions and len(chosen) >= 2
@@ -605,9 +685,12 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
         truth = truth[:n_src]
         resolutions.add(f"{truth.shape[1]}x{truth.shape[2]}")
         other = prepared[(j + 1) % len(prepared)][1] if do_sens else None
+        latent = latents[j] if latents else None
+        other_latent = latents[(j + 1) % len(latents)] if latents and len(latents) >= 2 else None
         scores, model_px = score_clip(
-            world, x, actions, other, truth, c, hz, cfg.seed * 1_000_003 + j, cfg.sampling, s["key"]
-        )
+            world, x, actions, other, truth, c, hz, cfg.seed * 1_000_003 + j, cfg.sampling, s["key"],
+            latent, other_latent,
+        )  # fmt: skip
         for col, v in scores.items():
             sums[col] = sums.get(col, 0.0) + v
         if video is None:
@@ -619,6 +702,13 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
     )
     n = len(chosen)
     sens = sums.pop("action_sensitivity_psnr", None)
+    latent_sums = {col: sums.pop(col) for col in LATENT_COLUMNS if col in sums}
+    latent_rows = []
+    if latent_sums:
+        latent_rows = [
+            {"horizon": float(k + 1), **{col: float(v[k] / n) for col, v in latent_sums.items()}}
+            for k in range(hz)
+        ]
     rows = [{"horizon": float(k + 1), **{col: float(v[k] / n) for col, v in sums.items()}} for k in range(hz)]
     action_rows = []
     if sens is not None:
@@ -633,6 +723,10 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
         _write_csv(sens_path, ACTION_COLUMNS, action_rows)
     elif sens_path.exists():
         sens_path.unlink()  # a stale file from an earlier run would be read as this run's
+    if latent_rows:
+        _write_csv(out / LATENT_CSV, tuple(c for c in LATENT_COLUMNS if c in latent_rows[0]), latent_rows)
+    else:
+        (out / LATENT_CSV).unlink(missing_ok=True)
     if cf_video is not None:
         _write_csv(out / COUNTERFACTUAL_CSV, COUNTERFACTUAL_COLUMNS, cf_rows)
         atomic_write_bytes(out / COUNTERFACTUAL_VIDEO, encode_mp4(cf_video, fps=windows[0].fps))
@@ -656,11 +750,18 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
         "source_frames_per_latent_frame": tau,
         "checkpoint": world.checkpoint,
         "checkpoint_step": world.step,
+        "inputs": eval_inputs(cfg),  # what is_complete compares with the inputs as they are later
         "head": world.cfg.head,
         "tokenizer": world.tokenizer_path,
         "machine": machine_name(),
         "date": utc_now(),
         "action_sensitivity": _sensitivity_status(bool(action_rows), uses_actions, cfg.action_sensitivity),
+        "latent_actions": {
+            "status": "computed" if latent_rows else "off: the model has no latent action model",
+            "lam": world.cfg.lam or "",
+            "codes": world.cfg.latent_actions,
+            "rows": latent_rows,
+        },
         "verdict": judge_compounding(rows).flags(),
         "counterfactual": {
             "status": cf_status,
@@ -720,6 +821,7 @@ def log_to_wandb(
         run.define_metric(COMPOUNDING_PREFIX + "*", step_metric=HORIZON_KEY)
         run.define_metric(COUNTERFACTUAL_PREFIX + "*", step_metric=HORIZON_KEY)
         sens = {int(r["horizon"]): r["action_sensitivity_psnr"] for r in action_rows}
+        latent = {int(r["horizon"]): r for r in info["latent_actions"]["rows"]}
         # The counterfactual horizon is at most the curve's (clamped to the branch files' future).
         cf_rows = info["counterfactual"]["rows"]
         cf = {int(r["horizon"]): r for r in cf_rows}
@@ -728,6 +830,7 @@ def log_to_wandb(
             row = {HORIZON_KEY: h, **{COMPOUNDING_PREFIX + k: v for k, v in r.items() if k != "horizon"}}
             if h in sens:
                 row[ACTION_KEY] = sens[h]
+            row.update({COMPOUNDING_PREFIX + k: v for k, v in latent.get(h, {}).items() if k != "horizon"})
             row.update({COUNTERFACTUAL_PREFIX + k: v for k, v in cf.get(h, {}).items() if k != "horizon"})
             run.log({k: v for k, v in row.items() if not (isinstance(v, float) and not math.isfinite(v))})
         logged = {
@@ -755,6 +858,12 @@ def print_summary(cfg: EvaluateConfig, res: dict[str, Any]) -> int:
         print("  ".join(f"{r[c]:>20.4g}" for c in COMPOUNDING_COLUMNS))
     for r in res["action_rows"]:
         print(f"action sensitivity at h={int(r['horizon'])}: {r['action_sensitivity_psnr']:+.3f} dB")
+    for r in res["latent_actions"]["rows"]:
+        sens = r.get("latent_sensitivity_psnr", float("nan"))
+        print(
+            f"latent actions at h={int(r['horizon'])}: {r['latent_action_psnr']:.2f} dB under the inferred "
+            f"codes, sensitivity to shuffled codes {sens:+.3f} dB"
+        )
     cf = res["counterfactual"]
     if cf["status"] == "computed":
         note = f" ({cf['note']})" if cf["note"] else ""

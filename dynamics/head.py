@@ -18,9 +18,12 @@ from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
 from dynamics.transformer import (
+    Actions,
     DynamicsTransformer,
+    FrameActions,
     KVCache,
     check_action_values,
+    check_latent_action_values,
     check_rollout_actions,
     frame_slice,
     value_ranges,
@@ -42,9 +45,12 @@ class DynamicsHead(nn.Module):
         """The transformer blocks, for per-block activation checkpointing and compile by the runtime."""
         return self.backbone.blocks
 
-    def forward(self, x: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
-        """The training loss (see ``loss``): a wrapped model (DeepSpeed) is called like this."""
-        return self.loss(x, actions)
+    def forward(
+        self, x: Tensor, actions: Tensor | None = None, latent_actions: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The training loss (see ``loss``): a wrapped model (DeepSpeed) is called like this.
+        ``latent_actions``: ``[B, T]`` codes of a latent action model (``FrameActions``)."""
+        return self.loss(x, FrameActions.of(actions, latent_actions))
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -61,8 +67,9 @@ class DynamicsHead(nn.Module):
     def init_head_weights(self) -> None:
         """Initialise the head's layers outside the backbone (none by default)."""
 
-    def loss(self, x: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
-        """Scalar tensors for a training clip; ``"loss"`` is optimised."""
+    def loss(self, x: Tensor, actions: Actions = None) -> dict[str, Tensor]:
+        """Scalar tensors for a training clip; ``"loss"`` is optimised. ``actions``: real actions
+        (a tensor) or ``FrameActions``."""
         raise NotImplementedError
 
     def check_input(self, x: Tensor, name: str) -> None:
@@ -74,7 +81,7 @@ class DynamicsHead(nn.Module):
         (NaN in either means some value is NaN)."""
         raise NotImplementedError
 
-    def check_values(self, x: Tensor, actions: Tensor | None, name: str) -> None:
+    def check_values(self, x: Tensor, actions: Actions, name: str) -> None:
         """Refuse out-of-range or non-finite inputs ``x`` and ``actions`` on every device.
 
         Called once per ``loss`` and per ``rollout`` (not per network call). Its cost is one fused
@@ -82,11 +89,13 @@ class DynamicsHead(nn.Module):
         runtime reads the loss; an unchecked bad index would otherwise be a bare IndexError on a CPU
         and an unreadable device-side assert on a GPU, and NaN would only show as a NaN loss.
         """
-        checked_actions = actions if self.backbone.action_embed is not None else None
-        x_span, action_span = value_ranges(x, checked_actions)
+        acts = FrameActions.of(actions) or FrameActions()
+        real = acts.real if self.backbone.action_embed is not None else None
+        x_span, real_span, latent_span = value_ranges(x, real, acts.latent)
         if x_span is not None:
             self.check_input_range(*x_span, name)
-        check_action_values(checked_actions, action_span, self.cfg)
+        check_action_values(real, real_span, self.cfg)
+        check_latent_action_values(acts.latent, latent_span, self.cfg)
 
     def to_frames(self, x: Tensor) -> Tensor:
         """The head's layout -> frame-major ``[B, T, h, w(, C)]`` (identity by default)."""
@@ -104,7 +113,7 @@ class DynamicsHead(nn.Module):
         self,
         frames: Tensor,
         t: int,
-        actions: Tensor | None,
+        actions: Actions,
         cache: KVCache | None,
         generator: torch.Generator | None,
         **options: Any,
@@ -113,9 +122,7 @@ class DynamicsHead(nn.Module):
         ``cache`` when given, else rerun over the window) under ``actions`` (all frames)."""
         raise NotImplementedError
 
-    def write_cache(
-        self, frames: Tensor, before: Tensor | None, actions: Tensor | None, cache: KVCache
-    ) -> None:
+    def write_cache(self, frames: Tensor, before: Tensor | None, actions: Actions, cache: KVCache) -> None:
         """Append the finished ``frames`` ``[B, T, h, w(, C)]`` (their actions: ``actions``) to
         ``cache``; ``before`` is the frame preceding them (``None`` at the start of a clip)."""
         raise NotImplementedError
@@ -125,21 +132,25 @@ class DynamicsHead(nn.Module):
     def rollout(
         self,
         context: Tensor,
-        actions: Tensor | None,
+        actions: Actions,
         horizon: int,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        latent_actions: Tensor | None = None,
         **sampling: Any,
     ) -> Tensor:
         """Generate ``horizon`` frames after ``context`` (the head's layout, ``Tc`` frames) -> the
         head's layout with ``horizon`` frames.
 
-        ``actions`` cover context and horizon: ``[B, Tc + horizon(, ...)]``. Randomness comes from
+        ``actions`` cover context and horizon: ``[B, Tc + horizon(, ...)]`` (``None``: no action),
+        and so do ``latent_actions`` (``[B, Tc + horizon]`` codes, models with a latent action
+        model; ``None``: no latent action). Randomness comes from
         ``generator`` only. Each new frame sees at most the ``max_frames - 1`` frames before it, as
         in training (a sliding window; see ``DynamicsTransformer.trim_cache``). ``use_cache=False``
         reruns that window at every step: the same result while context + horizon <= ``max_frames``,
         for testing. ``sampling``: the head's sampler settings (``sampling_options``).
         """
+        actions = FrameActions.of(actions, latent_actions)
         self.check_input(context, "context")
         self.check_values(context, actions, "context")
         options = self.sampling_options(**sampling)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
 from dynamics.head import DynamicsHead
-from dynamics.transformer import KVCache, frame_slice
+from dynamics.transformer import Actions, KVCache, frame_slice
 
 
 class MaskGITDynamics(DynamicsHead):
@@ -53,14 +53,14 @@ class MaskGITDynamics(DynamicsHead):
     def logits(
         self,
         tokens: Tensor,
-        actions: Tensor | None,
+        actions: Actions,
         cache: KVCache | None = None,
         write_cache: bool = False,
     ) -> Tensor:
         """Tokens ``[B, T, h, w]`` (``mask_id`` where hidden) -> logits ``[B, T, h, w, K]``."""
         return self.backbone(self.token_embed(tokens), actions, None, cache, write_cache)
 
-    def loss(self, indices: Tensor, actions: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, indices: Tensor, actions: Actions = None) -> dict[str, Tensor]:
         """Masked-token cross-entropy for ``indices`` ``[B, T, h, w]``; ``loss`` and ``masked_accuracy``."""
         self.check_input(indices, "indices")
         self.check_values(indices, actions, "indices")
@@ -87,16 +87,14 @@ class MaskGITDynamics(DynamicsHead):
             "top_k": cfg.top_k if top_k is None else top_k,
         }
 
-    def write_cache(
-        self, frames: Tensor, before: Tensor | None, actions: Tensor | None, cache: KVCache
-    ) -> None:
+    def write_cache(self, frames: Tensor, before: Tensor | None, actions: Actions, cache: KVCache) -> None:
         self.logits(frames, actions, cache, True)
 
     def sample_frame(
         self,
         frames: Tensor,
         t: int,
-        actions: Tensor | None,
+        actions: Actions,
         cache: KVCache | None,
         generator: torch.Generator | None,
         steps: int = 1,

@@ -9,7 +9,8 @@ tokenizer's temporal compression; tokenizer/tokenize.py). So ``context=C`` is ``
 source frames and ``horizon=H`` is ``H tau`` more: with ``tau=4`` and 17-frame clips (5 latent
 frames), ``context=2 horizon=2`` shows source frames 0..4 as context and imagines frames 5..12.
 
-``WorldModel`` is the shared machinery (``dynamics.evaluate`` uses it): a dynamics model (anything
+``WorldModel`` is the shared machinery (``dynamics.evaluate`` and ``dynamics.play`` use it, and
+``find_clip`` / ``true_frames`` / ``side_by_side``): a dynamics model (anything
 with the ``rollout`` method of ``DiffusionDynamics`` / ``MaskGITDynamics``) with its
 ``DynamicsConfig`` and the tokenizer; it turns a latent-shard sample into model input with
 ``DynamicsTask.prepare`` (which owns the source-frame -> latent-frame action mapping), rolls out,
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
 from dynamics.task import DynamicsTask
+from pipeline.loader import LoaderConfig
 from pipeline.shards import clip_fps
 from runtime.files import atomic_write_bytes
 from runtime.stage import stage_cli
@@ -101,9 +103,11 @@ class WorldModel:
         checkpoint: str = "",
         tokenizer_path: str = "",
         device: torch.device | str = "cpu",
+        data_shards: str = "",
     ) -> None:
         self.dynamics, self.cfg, self.tokenizer = dynamics, cfg, tokenizer
         self.step, self.checkpoint, self.tokenizer_path = step, checkpoint, tokenizer_path
+        self.data_shards = data_shards  # the latent shards the model was trained on ("" unknown)
         self.device = torch.device(device)
         self.tau = int(tokenizer.temporal_compression)
         if cfg.temporal_compression != self.tau:
@@ -134,8 +138,17 @@ class WorldModel:
                 "run folder as checkpoint= and the tokenizer as tokenizer="
             )
         tok = load_tokenizer(tokenizer, device=dev)
+        shards = getattr(train_cfg.data, "shards", "")
+        shards = ",".join(map(str, shards)) if isinstance(shards, (list, tuple)) else str(shards or "")
         return cls(
-            model, train_cfg.model, tok, trained_step(checkpoint), str(checkpoint), str(tokenizer), dev
+            model,
+            train_cfg.model,
+            tok,
+            trained_step(checkpoint),
+            str(checkpoint),
+            str(tokenizer),
+            dev,
+            shards,
         )
 
     # -- data ---------------------------------------------------------------------------------
@@ -145,6 +158,13 @@ class WorldModel:
         ``x``: model space, all latent frames of the clip; ``actions``: ``[1, T', tau(, A)]``
         or ``None`` for a model without actions.
         """
+        out = self.prepare_batch(sample)
+        return out["x"], out["actions"]
+
+    def prepare_batch(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """``DynamicsTask.prepare``'s whole output for a sample (a batch of one), its tensors on the
+        device: ``x`` and ``actions`` as in ``prepare``, and whatever else the task gives; for a model
+        with a latent action model (``model.lam``), also ``latent_actions``: the clip's codes ``[1, T']``."""
         field = "indices" if self.cfg.is_discrete else "latents"
         if field not in sample:
             raise ValueError(
@@ -154,12 +174,20 @@ class WorldModel:
         t = int(sample[field].shape[0])
         if t not in self._tasks:
             # max_frames = the clip's length: prepare() would otherwise cut a random window.
-            cfg = dataclasses.replace(self.cfg, max_frames=t)
-            self._tasks[t] = DynamicsTask(cfg, SimpleNamespace(data=None))
+            # Every clip keeps its recorded actions here: label_fraction hides labels in training only.
+            cfg = dataclasses.replace(self.cfg, max_frames=t, label_fraction=1.0)
+            # No loader: the data config only says how the task treats a sample: one without actions
+            # (unlabelled video) gets "no action", as in training.
+            self._tasks[t] = DynamicsTask(
+                cfg, SimpleNamespace(data=LoaderConfig(shards="", optional=["actions"]))
+            )
         batch = {k: (v[None] if isinstance(v, Tensor) else v) for k, v in sample.items()}
-        out = self._tasks[t].prepare(batch)
-        actions = out["actions"]
-        return out["x"].to(self.device), None if actions is None else actions.to(self.device)
+        task = self._tasks[t]
+        out = {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in task.prepare(batch).items()}
+        if self.cfg.lam and not self.cfg.is_discrete:
+            # The latent action model's codes for every transition of the clip ([1, T'], "none" first).
+            out["latent_actions"] = task.latent_actions(out["x"], None, 0.0)
+        return out
 
     def frames(self, x: Tensor) -> int:
         """Latent frames of a model-space tensor."""
@@ -181,19 +209,41 @@ class WorldModel:
         horizon: int,
         generator: torch.Generator | None = None,
         sampling: SamplingConfig | None = None,
+        latent_actions: Tensor | None = None,
     ) -> Tensor:
         """``horizon`` latent frames after ``context`` (model space) under ``actions`` covering
-        context + horizon ``[B, Tc + H, tau(, A)]``; returns model space with ``horizon`` frames."""
+        context + horizon ``[B, Tc + H, tau(, A)]``; returns model space with ``horizon`` frames.
+
+        ``latent_actions``: latent action codes ``[B, Tc + H]`` long (``cfg.latent_actions`` =
+        "no latent action"), for a model trained with a latent action model; ``None`` passes none.
+        """
         s = sampling or SamplingConfig()
         if self.cfg.is_discrete:
             kw = {"steps": s.steps, "temperature": s.temperature, "top_k": s.top_k}
         else:
             kw = {"steps": s.steps, "sampler": s.sampler}
         kw = {k: v for k, v in kw.items() if v is not None}
+        if latent_actions is not None:  # only then: models without latent actions take no such argument
+            kw["latent_actions"] = latent_actions
         p = next(iter(self.dynamics.parameters()), None)
         if p is not None and context.is_floating_point():
             context = context.to(p.dtype)
+        if p is not None and actions is not None and actions.is_floating_point():
+            actions = actions.to(p.dtype)  # continuous actions
         return self.dynamics.rollout(context, actions, horizon, generator=generator, **kw)
+
+    def imagine(
+        self,
+        context: Tensor,
+        actions: Tensor | None,
+        horizon: int,
+        seed: int,
+        sampling: SamplingConfig | None = None,
+        latent_actions: Tensor | None = None,
+    ) -> Tensor:
+        """``rollout`` with its noise seeded by ``seed``: the ``horizon`` imagined frames."""
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        return self.rollout(context, actions, horizon, g, sampling, latent_actions)
 
     # -- tokenizer ----------------------------------------------------------------------------
     def latents(self, x: Tensor) -> Tensor:
@@ -209,16 +259,20 @@ class WorldModel:
         return to_uint8(self.tokenizer.decode(self.latents(x).to(self.device))).cpu()
 
 
-def side_by_side(truth: np.ndarray, model: np.ndarray, context_frames: int) -> np.ndarray:
-    """``truth | model`` uint8 ``[T, H, 2W, 3]``; the model's first ``context_frames`` frames (real
-    context through the tokenizer) get a 2-pixel red border so the imagined part stands out."""
+def side_by_side(
+    truth: np.ndarray, model: np.ndarray, context_frames: int, model_first: bool = False
+) -> np.ndarray:
+    """``truth | model`` uint8 ``[T, H, 2W, 3]`` (``model | truth`` with ``model_first``); the model's
+    first ``context_frames`` frames (real context through the tokenizer) get a 2-pixel red border so
+    the imagined part stands out."""
     if truth.shape != model.shape:
         raise ValueError(f"truth {truth.shape} and model {model.shape} frames must have the same shape")
     model = model.copy()
     b = 2
     for f in model[:context_frames]:
         f[:b], f[-b:], f[:, :b], f[:, -b:] = (255, 0, 0), (255, 0, 0), (255, 0, 0), (255, 0, 0)
-    return np.ascontiguousarray(np.concatenate([truth, model], axis=2))
+    panels = [model, truth] if model_first else [truth, model]
+    return np.ascontiguousarray(np.concatenate(panels, axis=2))
 
 
 def clip_frames_by_key(clip_shards: str, split: str, keys: set[str]) -> dict[str, Tensor]:
@@ -240,6 +294,41 @@ def clip_frames_by_key(clip_shards: str, split: str, keys: set[str]) -> dict[str
     return found
 
 
+def find_clip(
+    shards: str, split: str, field: str, min_frames: int, key: str = ""
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The ``split`` sample of clip ``key`` (empty: the first in key order) among those with at least
+    ``min_frames`` latent frames of ``field`` (``latents`` / ``indices``), or ``None``; and the sorted
+    keys of the split's samples with ``field`` seen on the way (all of them when none was found)."""
+    found, keys = None, []
+    for s in iter_split(shards, split):
+        if field not in s:
+            continue
+        keys.append(s["key"])
+        if s[field].shape[0] >= min_frames and (not key or s["key"] == key):
+            if found is None or s["key"] < found["key"]:
+                found = s
+            if key:
+                break
+    return found, sorted(keys)
+
+
+def true_frames(
+    world: WorldModel, sample: dict[str, Any], x: Tensor, clips: str, split: str, n: int
+) -> np.ndarray:
+    """The clip's true source frames ``0 .. n-1``, uint8 ``[n, H, W, 3]``: from the clip shards ``clips``
+    when given, else the tokenizer's reconstruction of its latents ``x`` (model space); black past
+    the clip's end."""
+    if clips:
+        frames = clip_frames_by_key(clips, split, {sample["key"]})[sample["key"]][:n].numpy()
+    else:
+        latent = min(world.frames(x), 1 + -(-(n - 1) // world.tau))  # the latent frames covering n
+        frames = world.decode(world.slice(x, 0, latent))[0, :n].numpy()
+    if len(frames) < n:
+        frames = np.concatenate([frames, np.zeros((n - len(frames), *frames.shape[1:]), np.uint8)])
+    return frames
+
+
 @torch.no_grad()
 def rollout_video(cfg: RolloutConfig, world: WorldModel | None = None) -> Path:
     """Roll out one clip and write ``cfg.output/rollout.mp4``; returns its path."""
@@ -247,14 +336,8 @@ def rollout_video(cfg: RolloutConfig, world: WorldModel | None = None) -> Path:
     if cfg.context < 1 or cfg.horizon < 1:
         raise ValueError(f"context={cfg.context}, horizon={cfg.horizon}: both must be >= 1 latent frames")
     need = cfg.context + cfg.horizon
-    sample = None
-    for s in iter_split(cfg.shards, cfg.split):
-        field = "indices" if world.cfg.is_discrete else "latents"
-        if field in s and s[field].shape[0] >= need and (not cfg.key or s["key"] == cfg.key):
-            if sample is None or s["key"] < sample["key"]:
-                sample = s
-            if cfg.key:
-                break
+    field = "indices" if world.cfg.is_discrete else "latents"
+    sample, _ = find_clip(cfg.shards, cfg.split, field, need, cfg.key)
     if sample is None:
         what = f"clip {cfg.key!r}" if cfg.key else "clip"
         raise ValueError(
@@ -265,14 +348,9 @@ def rollout_video(cfg: RolloutConfig, world: WorldModel | None = None) -> Path:
     x = world.slice(x, 0, need)
     actions = None if actions is None else actions[:, :need]
     ctx = world.slice(x, 0, cfg.context)
-    g = torch.Generator(device=world.device).manual_seed(cfg.seed)
-    pred = world.rollout(ctx, actions, cfg.horizon, g, cfg.sampling)
+    pred = world.imagine(ctx, actions, cfg.horizon, cfg.seed, cfg.sampling)
     model = world.decode(world.cat(ctx, pred))[0].numpy()
-    n = source_frames(need, world.tau)
-    if cfg.clips:
-        truth = clip_frames_by_key(cfg.clips, cfg.split, {sample["key"]})[sample["key"]][:n].numpy()
-    else:
-        truth = world.decode(x)[0].numpy()
+    truth = true_frames(world, sample, x, cfg.clips, cfg.split, source_frames(need, world.tau))
     video = side_by_side(truth, model, source_frames(cfg.context, world.tau))
     path = Path(cfg.output) / "rollout.mp4"
     atomic_write_bytes(path, encode_mp4(video, fps=clip_fps(sample.get("meta"), cfg.fps)))

@@ -19,10 +19,20 @@ Shorter clips (the loader batches clips of one length) train on all their frames
 then counts them (``short_clips``, ``latent_frames``) and ``flops_per_sample`` /
 ``tokens_per_sample`` report the frames actually trained, so MFU does not count missing frames.
 A clip too short to train at all (one latent frame for a residual diffusion model) is refused.
+
+Clips without action labels. With ``data.optional: [actions]`` the loader mixes labelled and
+unlabelled clips (``actions_present``); ``model.label_fraction`` hides the labels of a fixed
+share of clips (by a hash of their key), for label-efficiency studies. An unlabelled clip gets
+"no action" for every frame and, when ``model.lam`` names a trained latent action model
+(``dynamics/lam.py``), that model's codes for its transitions, inferred on the fly on the
+training device; a labelled clip gets its real actions and, with probability
+``model.latent_action_mix``, its codes beside them. One run so learns from every clip, and the
+model can be driven by real actions, latent codes or both.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -32,6 +42,12 @@ from torch import Tensor, nn
 from dynamics import build_dynamics, dynamics_class
 from dynamics.config import DynamicsConfig
 from pipeline.loader import ClipLoader, LoaderConfig, make_loader
+
+
+def label_share(key: str) -> float:
+    """A stable number in ``[0, 1)`` for a clip key: the clips with ``label_share(key) <
+    label_fraction`` keep their action labels (the same ones on every rank and in every run)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64
 
 
 def group_actions(actions: Tensor, latent_frames: int, tau: int, no_action: int | None) -> Tensor:
@@ -54,17 +70,50 @@ def group_actions(actions: Tensor, latent_frames: int, tau: int, no_action: int 
     return torch.cat([first, body], dim=1)
 
 
-class DynamicsTask:
+class LatentShardTask:
+    """What the tasks that train on latent shards share (``DynamicsTask``, ``dynamics.lam_task.LAMTask``):
+    the resumable loader (``data:`` is a ``LoaderConfig``) behind ``batches`` and ``loader_state``, and
+    the random window of ``max_frames`` latent frames cut from longer clips. A subclass sets
+    ``self.data_cfg`` and implements ``prepare(batch, generator)``."""
+
+    data_class: ClassVar[type] = LoaderConfig
+    data_cfg: Any
+    _loader: ClipLoader | None = None
+
+    def prepare(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
+        self._loader = make_loader(self.data_cfg, rank, world_size, seed, state)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+        while True:
+            for batch in self._loader:
+                yield self.prepare(batch, generator)
+
+    def loader_state(self) -> dict:
+        return self._loader.state_dict() if self._loader is not None else {}
+
+    @staticmethod
+    def window(frames: int, max_frames: int, generator: torch.Generator | None) -> tuple[int, int]:
+        """``(start, end)`` of a random window of ``max_frames`` of ``frames`` (all when shorter)."""
+        start = 0
+        if frames > max_frames:
+            start = int(torch.randint(0, frames - max_frames + 1, (1,), generator=generator))
+        return start, start + min(frames, max_frames)
+
+
+class DynamicsTask(LatentShardTask):
     """The ``Task`` of the dynamics model (see ``runtime.task.Task``)."""
 
     config_class: ClassVar[type] = DynamicsConfig
-    data_class: ClassVar[type] = LoaderConfig
 
     def __init__(self, model_cfg: DynamicsConfig, train_cfg: Any) -> None:
         self.cfg = model_cfg
         self.data_cfg = train_cfg.data
         self._loader: ClipLoader | None = None
         self._meta = build_dynamics(model_cfg, device=None)  # for counting FLOPs only
+        self._lam: nn.Module | None = None  # the latent action model (model.lam), loaded when first used
+        self._lam_scale = 1.0  # its latent scale over ours
         # What loss() has trained so far on this rank (clips, their FLOPs, their latent frames).
         self._clips, self._flops, self._frames = 0, 0.0, 0
 
@@ -98,18 +147,27 @@ class DynamicsTask:
                 f"with residual={cfg.residual} trains on >= {need}: tokenize longer clips, or drop the "
                 "short ones from data.shards"
             )
+        labeled = self.labeled(batch)
         actions = None
         if cfg.action_type != "none":
             if not isinstance(batch.get("actions"), Tensor):
-                raise ValueError(
-                    f"model.action_type={cfg.action_type} but the shards have no KEY.actions.npy; "
-                    "set model.action_type=none to train without actions"
-                )
-            actions = group_actions(batch["actions"], t, cfg.temporal_compression, cfg.num_actions)
-        start = 0
-        if t > cfg.max_frames:
-            start = int(torch.randint(0, t - cfg.max_frames + 1, (1,), generator=generator))
-        end = start + min(t, cfg.max_frames)
+                if "actions" not in (getattr(self.data_cfg, "optional", None) or []):
+                    raise ValueError(
+                        f"model.action_type={cfg.action_type} but the shards have no KEY.actions.npy; "
+                        "set model.action_type=none to train without actions, or data.optional=[actions] "
+                        "to train on clips without labels as unlabelled ones"
+                    )
+            else:
+                actions = group_actions(batch["actions"], t, cfg.temporal_compression, cfg.num_actions)
+                if not bool(labeled.all()):
+                    none = (
+                        torch.zeros_like(actions)
+                        if actions.is_floating_point()
+                        else torch.full_like(actions, cfg.num_actions)
+                    )
+                    keep = labeled.view(-1, *([1] * (actions.dim() - 1)))
+                    actions = torch.where(keep, actions, none)
+        start, end = self.window(t, cfg.max_frames, generator)
         x = x[:, start:end]
         if cfg.is_discrete:
             x = x.long()
@@ -119,18 +177,62 @@ class DynamicsTask:
             "x": x,
             "actions": None if actions is None else actions[:, start:end],
             "keys": keys,
+            "labeled": labeled,
             "short_clips": x.shape[0] if t < cfg.max_frames else 0,
         }
 
-    def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
-        self._loader = make_loader(self.data_cfg, rank, world_size, seed, state)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
-        while True:
-            for batch in self._loader:
-                yield self.prepare(batch, generator)
+    def labeled(self, batch: dict[str, Any]) -> Tensor:
+        """Bool ``[B]``: which clips of a loader batch train with their action labels (they have
+        them, and ``label_fraction`` keeps them)."""
+        key = batch.get("key") or []
+        keys = [key] if isinstance(key, str) else list(key)
+        n = len(keys) if keys else next(v.shape[0] for v in batch.values() if isinstance(v, Tensor))
+        if isinstance(batch.get("actions_present"), Tensor):
+            present = batch["actions_present"].bool().clone()
+        else:
+            present = torch.full((n,), isinstance(batch.get("actions"), Tensor))
+        fraction = self.cfg.label_fraction
+        if fraction < 1.0:
+            if not keys:
+                raise ValueError("model.label_fraction < 1 picks clips by their keys, but the batch has none")
+            present &= torch.tensor([label_share(k) < fraction for k in keys])
+        return present
 
-    def loader_state(self) -> dict:
-        return self._loader.state_dict() if self._loader is not None else {}
+    # -- latent actions ----------------------------------------------------------------------
+    def latent_model(self, device: torch.device) -> nn.Module:
+        """The latent action model ``model.lam`` names, frozen, on ``device`` (loaded once)."""
+        if self._lam is None:
+            from runtime.trained import load_trained
+
+            lam_cfg, _, lam = load_trained(self.cfg.lam, device)
+            if int(lam.num_codes) != self.cfg.latent_actions:
+                raise ValueError(
+                    f"model.lam={self.cfg.lam} has {lam.num_codes} codes but model.latent_actions="
+                    f"{self.cfg.latent_actions}; set model.latent_actions={lam.num_codes}"
+                )
+            lam_channels = getattr(lam_cfg.model, "latent_channels", self.cfg.latent_channels)
+            if lam_channels != self.cfg.latent_channels:
+                raise ValueError(
+                    f"model.lam={self.cfg.lam} reads {lam_channels}-channel latents but these have "
+                    f"{self.cfg.latent_channels}: train the latent action model on the same latent shards"
+                )
+            self._lam_scale = float(getattr(lam_cfg.model, "latent_scale", 1.0)) / self.cfg.latent_scale
+            self._lam = lam.requires_grad_(False).eval()
+        return self._lam.to(device)
+
+    def latent_actions(self, x: Tensor, labeled: Tensor | None, mix: float) -> Tensor | None:
+        """Latent codes ``[B, T]`` for latents ``x`` ``[B, C, T, h, w]`` (our scale): the latent action
+        model's for unlabelled clips and, with probability ``mix``, for labelled ones; "none"
+        (``latent_actions``) for the rest and for frame 0. None without a latent action model."""
+        if not self.cfg.lam:
+            return None
+        lam = self.latent_model(x.device)
+        codes = lam.infer(x.float() * self._lam_scale)
+        if labeled is None:
+            return codes
+        labeled = labeled.to(x.device)
+        use = ~labeled | (torch.rand(labeled.shape, device=x.device) < mix)
+        return torch.where(use[:, None], codes, torch.full_like(codes, self.cfg.latent_actions))
 
     # -- training ----------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor | float]:
@@ -146,8 +248,10 @@ class DynamicsTask:
             actions = actions.to(p.device)
             if actions.is_floating_point():
                 actions = actions.to(p.dtype)
+        labeled = batch.get("labeled")
+        latent = self.latent_actions(x, labeled, self.cfg.latent_action_mix)
         try:
-            out: dict[str, Tensor | float] = dict(model(x, actions))
+            out: dict[str, Tensor | float] = dict(model(x, actions, latent))
         except ValueError as e:
             if not batch.get("keys"):
                 raise
@@ -157,6 +261,8 @@ class DynamicsTask:
         self._frames += b * t
         self._flops += b * self._meta.flops_per_sample(t)
         out["short_clips"] = float(batch.get("short_clips", 0))
+        if isinstance(labeled, Tensor):
+            out["labeled_clips"] = float(labeled.float().mean())
         out["latent_frames"] = float(t)
         if self._loader is not None:
             out.update(self._loader.skip_metrics())  # undecodable and too-short clips, all ranks
@@ -183,6 +289,9 @@ class DynamicsTask:
         p = next(iter(model.parameters()))
         x, actions = batch["x"].to(p.device), batch["actions"]
         actions = None if actions is None else actions.to(p.device)
+        latent = None
+        if not self.cfg.is_discrete:
+            latent = self.latent_actions(x, batch.get("labeled"), 0.0)
         discrete = self.cfg.is_discrete
         t = x.shape[1] if discrete else x.shape[2]
         if t < 2:
@@ -199,9 +308,9 @@ class DynamicsTask:
             last = context[:, :, -1:].expand_as(truth)
             err = lambda pred: float(((pred.float() - truth.float()) ** 2).mean())  # noqa: E731
 
-        def roll(a: Tensor | None) -> Tensor:
+        def roll(a: Tensor | None, z: Tensor | None = latent) -> Tensor:
             g = torch.Generator(device=p.device).manual_seed(0)
-            return model.rollout(context, a, horizon, generator=g)
+            return model.rollout(context, a, horizon, generator=g, latent_actions=z)
 
         was_training = model.training
         model.eval()
@@ -209,6 +318,8 @@ class DynamicsTask:
             out = {"eval/model_error": err(roll(actions)), "eval/copy_last_error": err(last)}
             if actions is not None and x.shape[0] > 1:
                 out["eval/shuffled_actions_error"] = err(roll(torch.roll(actions, 1, dims=0)))
+            if latent is not None and x.shape[0] > 1:
+                out["eval/shuffled_latent_actions_error"] = err(roll(actions, torch.roll(latent, 1, dims=0)))
         finally:
             model.train(was_training)
         return out

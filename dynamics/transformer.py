@@ -27,6 +27,49 @@ from dynamics.config import DynamicsConfig
 from dynamics.rope import apply_rope, rope_angles
 
 
+@dataclass(frozen=True)
+class FrameActions:
+    """What conditions each latent frame: real actions, latent action codes, or both.
+
+    ``real``: discrete ``[B, T]`` long in ``0..num_actions`` (``num_actions`` = no action) or
+    ``[B, T, k]`` (``k`` source actions per latent frame, summed); continuous ``[B, T(, k), A]``.
+    ``latent``: ``[B, T]`` long codes of a latent action model in ``0..latent_actions``
+    (``latent_actions`` = no latent action). Either may be ``None``: a model that takes that kind
+    then sees "none" for every frame (clips without action labels, or rollouts under latent codes).
+    """
+
+    real: Tensor | None = None
+    latent: Tensor | None = None
+
+    @staticmethod
+    def of(actions: Actions, latent: Tensor | None = None) -> FrameActions | None:
+        """``actions`` (a tensor of real actions, ``FrameActions`` or ``None``) with ``latent`` codes
+        added; ``None`` when there is neither."""
+        if isinstance(actions, FrameActions):
+            if latent is None:
+                return actions
+            actions = actions.real
+        if actions is None and latent is None:
+            return None
+        return FrameActions(actions, latent)
+
+    def frames(self, start: int, end: int) -> FrameActions:
+        """The actions of frames ``start..end-1``."""
+        cut = lambda a: None if a is None else a[:, start:end]  # noqa: E731
+        return FrameActions(cut(self.real), cut(self.latent))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> FrameActions:
+        """On ``device``; floating-point (continuous) real actions also cast to ``dtype``."""
+        real = self.real
+        if real is not None:
+            real = real.to(device, dtype if dtype is not None and real.is_floating_point() else None)
+        return FrameActions(real, None if self.latent is None else self.latent.to(device))
+
+
+# Conditioning as the heads pass it around: real actions alone (a tensor), both kinds, or none.
+Actions = Tensor | FrameActions | None
+
+
 @dataclass
 class KVCache:
     """Keys and values of the frames seen so far, one entry per attention layer.
@@ -181,6 +224,8 @@ class DynamicsTransformer(nn.Module):
             self.action_embed = nn.Linear(cfg.action_dim, d)
         else:
             self.action_embed = None
+        # Codes of a latent action model (clips without action labels), index latent_actions = none.
+        self.latent_action_embed = nn.Embedding(cfg.latent_actions + 1, d) if cfg.latent_actions > 0 else None
 
     # -- set-up -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -204,19 +249,49 @@ class DynamicsTransformer(nn.Module):
             nn.init.zeros_(m.bias)
 
     # -- forward ------------------------------------------------------------------------------
-    def embed_actions(self, actions: Tensor | None, batch: int, frames: int) -> Tensor | None:
+    def embed_actions(self, actions: Actions, batch: int, frames: int) -> Tensor | None:
         """Per-frame action embedding ``[B, T, D]`` (or None when the model takes no actions).
 
-        Discrete actions: long ``[B, T]`` in ``0..num_actions`` (``num_actions`` itself means "no
-        action", e.g. for the first frame of a clip), or ``[B, T, k]`` when ``k`` source actions
-        fall in one latent frame (their embeddings are summed). Continuous: ``[B, T, A]`` or
-        ``[B, T, k, A]``, likewise.
+        ``actions``: real actions (a tensor) or ``FrameActions`` (real and latent). Discrete real
+        actions: long ``[B, T]`` in ``0..num_actions`` (``num_actions`` itself means "no action",
+        e.g. for the first frame of a clip), or ``[B, T, k]`` when ``k`` source actions fall in one
+        latent frame (their embeddings are summed). Continuous: ``[B, T, A]`` or ``[B, T, k, A]``,
+        likewise. Latent codes ``[B, T]`` (models with ``latent_actions > 0``) add their own
+        embedding. A kind the model takes but ``actions`` lacks is "none" for every frame.
         """
         cfg = self.cfg
-        if self.action_embed is None:
-            return None
-        if actions is None:
-            raise ValueError(f"this model takes {cfg.action_type} actions (action_type); pass actions [B, T]")
+        acts = FrameActions.of(actions) or FrameActions()
+        emb = None
+        if self.action_embed is not None:
+            emb = self._embed_real(acts.real, batch, frames)
+        if acts.latent is not None and self.latent_action_embed is None:
+            raise ValueError(
+                "latent action codes were given but this model was trained without a latent action "
+                "model (model.latent_actions=0)"
+            )
+        if self.latent_action_embed is not None:
+            latent = acts.latent
+            device = self.patch_in.weight.device
+            if latent is None:
+                latent = torch.full((batch, frames), cfg.latent_actions, dtype=torch.long, device=device)
+            if tuple(latent.shape) != (batch, frames) or latent.is_floating_point():
+                raise ValueError(
+                    f"latent actions have shape {tuple(latent.shape)} {latent.dtype}, expected integer "
+                    f"codes {(batch, frames)} in [0, latent_actions={cfg.latent_actions}]"
+                )
+            lat = self.latent_action_embed(latent.long())
+            emb = lat if emb is None else emb + lat
+        return emb
+
+    def _embed_real(self, actions: Tensor | None, batch: int, frames: int) -> Tensor:
+        cfg = self.cfg
+        assert self.action_embed is not None
+        device = self.patch_in.weight.device
+        if actions is None:  # "no action" for every frame: a clip without labels
+            if cfg.action_type == "discrete":
+                actions = torch.full((batch, frames), cfg.num_actions, dtype=torch.long, device=device)
+            else:
+                actions = torch.zeros(batch, frames, cfg.action_dim, device=device)
         item = () if cfg.action_type == "discrete" else (cfg.action_dim,)
         shape = tuple(actions.shape)
         grouped = len(shape) == 3 + len(item) and shape[3:] == item
@@ -241,7 +316,7 @@ class DynamicsTransformer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        actions: Tensor | None = None,
+        actions: Actions = None,
         cond: Tensor | None = None,
         cache: KVCache | None = None,
         write_cache: bool = False,
@@ -249,7 +324,8 @@ class DynamicsTransformer(nn.Module):
         """``x`` ``[B, T, h, w, F_in]`` -> ``[B, T, h, w, F_out]``.
 
         ``actions``: ``[B, T]`` long or ``[B, T, A]`` float, the action that led to each frame
-        (or ``[B, T, k(, A)]``: ``k`` actions per frame, summed; see ``embed_actions``).
+        (or ``[B, T, k(, A)]``: ``k`` actions per frame, summed), or ``FrameActions`` with latent
+        action codes too; see ``embed_actions``.
         ``cond``: extra per-frame conditioning ``[B, T, D]`` (e.g. noise level). With ``cache``
         the ``T`` frames follow the cached ones; ``write_cache`` appends them to it.
         """
@@ -339,17 +415,21 @@ class DynamicsTransformer(nn.Module):
         return 3.0 * forward
 
 
-def frame_slice(actions: Tensor | None, start: int, end: int) -> Tensor | None:
+def frame_slice(actions: Actions, start: int, end: int) -> Actions:
     """Actions of frames ``start..end-1`` (None stays None)."""
+    if isinstance(actions, FrameActions):
+        return actions.frames(start, end)
     return None if actions is None else actions[:, start:end]
 
 
-def check_rollout_actions(actions: Tensor | None, batch: int, frames: int) -> None:
-    if actions is not None and (actions.shape[0] != batch or actions.shape[1] != frames):
-        raise ValueError(
-            f"actions have shape {tuple(actions.shape)}; a rollout needs one action per frame of "
-            f"context + horizon: [B={batch}, {frames}]"
-        )
+def check_rollout_actions(actions: Actions, batch: int, frames: int) -> None:
+    acts = FrameActions.of(actions) or FrameActions()
+    for name, a in (("actions", acts.real), ("latent actions", acts.latent)):
+        if a is not None and (a.shape[0] != batch or a.shape[1] != frames):
+            raise ValueError(
+                f"{name} have shape {tuple(a.shape)}; a rollout needs one per frame of "
+                f"context + horizon: [B={batch}, {frames}]"
+            )
 
 
 def value_ranges(*tensors: Tensor | None) -> list[tuple[float, float] | None]:
@@ -410,4 +490,24 @@ def check_action_values(
         raise ValueError(
             f"{name} hold non-finite continuous actions (range {_span(lo, hi)}): drop or repair the "
             "clips whose KEY.actions.npy holds NaN/inf"
+        )
+
+
+def check_latent_action_values(
+    latent: Tensor | None, span: tuple[float, float] | None, cfg: DynamicsConfig, name: str = "latent actions"
+) -> None:
+    """Refuse latent action codes outside ``0..latent_actions`` (``latent_actions`` = none)."""
+    if latent is None or span is None:
+        return
+    k = cfg.latent_actions
+    lo, hi = span
+    if k <= 0:
+        raise ValueError(
+            f"{name} were given but this model was trained without a latent action model "
+            "(model.latent_actions=0)"
+        )
+    if latent.is_floating_point() or not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > k:
+        raise ValueError(
+            f"{name} hold codes in {_span(lo, hi)}; valid codes are integers in [0, {k - 1}] "
+            f"(model.latent_actions={k}; {k} means no latent action)"
         )

@@ -32,6 +32,8 @@ TINY = [
     f"tokenizer.trainer.save_every={STEPS}",
     f"tokenizer.trainer.eval_every={STEPS}",
     "tokenizer.trainer.progress_interval=5",
+    f"lam.trainer.max_steps={STEPS}",
+    f"lam.trainer.save_every={STEPS}",
     f"dynamics.trainer.max_steps={STEPS}",
     f"dynamics.trainer.save_every={STEPS}",
     f"dynamics.trainer.eval_every={STEPS}",
@@ -39,7 +41,7 @@ TINY = [
     "dynamics.trainer.micro_batch_size=4",
     "evaluate.max_clips=2",
 ]
-STAGE_FOLDERS = ("curated", "tokenizer", "latents", "dynamics", "eval")
+STAGE_FOLDERS = ("curated", "tokenizer", "latents", "lam", "dynamics", "eval")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def check_outputs(out: Path) -> None:
     stats = json.loads((out / "curated" / "stats.json").read_text())
     assert stats["complete"] and stats["inputs_by_status"]["ok"] == 5 and stats["clips"] > 0
     assert sorted(stats["sources_by_split"]) == ["heldout", "train"]
-    for stage in ("tokenizer", "dynamics"):
+    for stage in ("tokenizer", "lam", "dynamics"):
         assert trained_step(out / stage) == STEPS, f"{stage} did not export weights at step {STEPS}"
         assert (out / "configs" / f"{stage}.yaml").is_file()
     tok_eval = json.loads((out / "tokenizer" / "eval" / "metrics.json").read_text())
@@ -71,8 +73,16 @@ def check_outputs(out: Path) -> None:
     assert [int(r["horizon"]) for r in rows] == list(range(1, horizon + 1))
     assert {"model_psnr", "copy_last_psnr", "copy_last_recon_psnr", "recon_psnr", "model_latent_mse",
             "copy_last_latent_mse"} <= set(rows[0])  # fmt: skip
+    lam = json.loads((out / "lam" / "eval" / "metrics.json").read_text())
+    assert lam["lam_step"] == STEPS and lam["games"]["breakout"]["n"] > 0
+    assert 0 <= lam["games"]["breakout"]["nmi"] <= 1
     ev = json.loads((out / "eval" / "eval.json").read_text())
     assert ev["checkpoint_step"] == STEPS and ev["data"]["split"] == "heldout"
+    # The dynamics model trained on every clip (the synthetic ones have no actions) and was
+    # evaluated under its latent action model's codes too.
+    dyn = load_yaml(out / "configs" / "dynamics.yaml")
+    assert dyn["model"]["lam"] == str(out / "lam") and dyn["data"]["optional"] == ["actions", "rewards"]
+    assert ev["latent_actions"]["status"] == "computed" and (out / "eval" / "latent_actions.csv").is_file()
     html = (out / "report.html").read_text()
     assert "data:video/mp4;base64," in html and "Missing:" not in html
 
@@ -101,7 +111,7 @@ def test_the_chain_runs_end_to_end_and_a_rerun_skips_every_stage(samples, tmp_pa
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
-    for stage in ("curate", "tokenizer", "tokenize", "dynamics", "evaluate"):
+    for stage in ("curate", "tokenizer", "tokenize", "lam", "dynamics", "evaluate"):
         assert f"stage '{stage}' skipped" in again.stdout
     changed = [p for p, t in mtimes.items() if p.exists() and p.stat().st_mtime_ns != t]
     assert changed == []
@@ -160,7 +170,7 @@ def test_sbatch_pretrain_chains_every_stage_as_dependent_jobs(samples, tmp_path,
     info = slurm_cluster.wait_for_finish(job, timeout_s=120)
     assert info["JobState"] == "COMPLETED", log.read_text()
     ids = [int(i) for i in re.search(r"jobs ([\d ]+)", log.read_text()).group(1).split()]
-    assert len(ids) == 6
+    assert len(ids) == 7
     for stage_job in ids:
         done = slurm_cluster.wait_for_finish(stage_job, timeout_s=900)
         logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in tmp_path.glob("stage-*.log"))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dynamics.evaluate import EvaluateConfig
+from dynamics.play import PlayConfig
 from dynamics.rollout import RolloutConfig
 from pipeline.curate import CurateConfig
 from runtime.config import load_config, load_yaml
@@ -20,8 +21,17 @@ from tokenizer.tokenize import TokenizeConfig
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 CHAINS = {"demo.yaml", "worldmodel.yaml", "pretrain.yaml"}
 SCHEMAS = {"curate.yaml": CurateConfig, "tokenize.yaml": TokenizeConfig, "evaluate.yaml": EvaluateConfig,
-           "rollout.yaml": RolloutConfig}  # fmt: skip
-REQUIRED = ["input=x", "output=y", "tokenizer=t", "checkpoint=c", "shards=s", "clips=c"]
+           "rollout.yaml": RolloutConfig, "play.yaml": PlayConfig}  # fmt: skip
+REQUIRED = [
+    "input=x",
+    "output=y",
+    "tokenizer=t",
+    "checkpoint=c",
+    "shards=s",
+    "clips=c",
+    "clip=k",
+    "actions=[0]",
+]
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in JOBS.glob("*.yaml") if p.name not in CHAINS))
@@ -46,6 +56,6 @@ def test_chain_files_compose_every_stage(name, tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    for stage in ("curate", "tokenizer", "tokenize", "dynamics", "evaluate"):
+    for stage in ("curate", "tokenizer", "tokenize", "lam", "dynamics", "evaluate"):
         assert f"stage-config {stage} " in res.stdout
         assert (out / "configs" / f"{stage}.yaml").is_file()

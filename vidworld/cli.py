@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("tokenizer.tokenize:cli", "encode clip shards into latent shards (Ray Data)"),
     "rollout": ("dynamics.rollout:cli", "imagine future frames from real context and write a video"),
     "evaluate": ("dynamics.evaluate:cli", "compounding-error curve of a dynamics model on held-out clips"),
+    "play": ("dynamics.play:cli", "roll a held-out clip forward under actions you choose (video)"),
     "run": (
         "vidworld.pipeline_run:cli",
         "run the whole chain (curate -> tokenizer -> tokenize -> dynamics -> eval)",

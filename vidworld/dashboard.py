@@ -42,9 +42,12 @@ from dynamics.evaluate import (
     COMPOUNDING_TABLE_KEY,
     FIGURE_KEY,
     HORIZON_KEY,
+    LATENT_CSV,
+    LATENT_KEYS,
     ROLLOUT_VIDEO,
     ROLLOUT_VIDEO_KEY,
 )
+from dynamics.lam_eval import METRICS as LAM_METRICS
 from dynamics.verdict import COMPOUNDING_COLUMNS
 from runtime.config import ConfigError, load_config, load_yaml
 from runtime.tracking import Table, WandbConfig, open_run, wandb_media
@@ -80,6 +83,10 @@ TASK_TERMS_REGEX = (
 # The evaluation's keys (HORIZON_KEY, COMPOUNDING_KEYS, ACTION_KEY, the eval/ media and table) are
 # dynamics.evaluate's, which logs them too; the others below are publish's own.
 EVAL_SCALAR_KEYS = ("eval/recon_psnr", "eval/recon_ssim")  # dB; 0..1; held-out clips
+# The latent action model's codes against the true movement class, all held-out Atari games pooled
+# (lam/eval/metrics.json "overall"; per game in the report): NMI, and a probe's balanced accuracy.
+LAM_FIGURES = ("nmi", "nmi_shuffled", "probe_balanced_accuracy", "shuffled_probe_balanced_accuracy")
+LAM_SCALAR_KEYS = tuple(f"lam/{k}" for k in LAM_FIGURES)
 RECON_VIDEO_KEY = "eval/recon_video"
 MEDIA_KEYS = (RECON_VIDEO_KEY, ROLLOUT_VIDEO_KEY, FIGURE_KEY)
 TABLE_KEYS = (COMPOUNDING_TABLE_KEY, "data/clips_filtered", "data/inputs_not_ok")
@@ -97,8 +104,9 @@ DATA_SCALAR_KEYS = (
 )
 PUBLISHED_KEYS = (
     HEADLINE_KEYS
-    + (HORIZON_KEY, *COMPOUNDING_KEYS, ACTION_KEY)
+    + (HORIZON_KEY, *COMPOUNDING_KEYS, ACTION_KEY, *LATENT_KEYS)
     + EVAL_SCALAR_KEYS
+    + LAM_SCALAR_KEYS
     + MEDIA_KEYS
     + TABLE_KEYS
     + DATA_SCALAR_KEYS
@@ -175,9 +183,14 @@ def dashboard_spec() -> tuple[SectionSpec, ...]:
                     log_y=True,
                 ),
                 line("action sensitivity (dB) against horizon", ACTION_KEY, x=HORIZON_KEY),
+                line("under latent actions (dB) against horizon", *LATENT_KEYS, x=HORIZON_KEY),
                 PanelSpec("table", "compounding error", (COMPOUNDING_TABLE_KEY,)),
                 PanelSpec("media", "compounding error figure", (FIGURE_KEY,)),
             ),
+        ),
+        SectionSpec(
+            "Latent actions (held-out Atari, codes against the true movement)",
+            tuple(PanelSpec("scalar", k.split("/", 1)[1].replace("_", " "), (k,)) for k in LAM_SCALAR_KEYS),
         ),
         SectionSpec(
             "Data",
@@ -285,7 +298,11 @@ def published_metrics(output_dir: str | Path) -> dict[str, Any]:
         if path.is_file():
             out[key] = path
     curve: dict[int, dict[str, float]] = {}
-    for csv_name in (COMPOUNDING_CSV, ACTION_CSV):
+    lam = layout.lam_eval / LAM_METRICS
+    if lam.is_file():
+        overall = json.loads(lam.read_text()).get("overall") or {}
+        out.update({f"lam/{k}": float(overall[k]) for k in LAM_FIGURES if overall.get(k) is not None})
+    for csv_name in (COMPOUNDING_CSV, ACTION_CSV, LATENT_CSV):
         path = layout.eval / csv_name
         if path.is_file():
             rows = read_csv_rows(path)

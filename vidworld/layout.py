@@ -7,6 +7,8 @@
     DIR/tokenizer/        the tokenizer's training run folder           (runtime.train)
     DIR/tokenizer/eval/   held-out reconstruction: metrics.json, recon.mp4 (tokenizer.evaluate)
     DIR/latents/          latent shards and stats.json                  (tokenizer.tokenize)
+    DIR/lam/              the latent action model's training run folder (runtime.train)
+    DIR/lam/eval/         held-out probe of its codes: metrics.json     (dynamics.lam_eval)
     DIR/dynamics/         the dynamics model's training run folder      (runtime.train)
     DIR/eval/             compounding error, action sensitivity, counterfactuals, rollout.mp4
                           and eval.json                                 (dynamics.evaluate)
@@ -30,6 +32,8 @@ class OutputLayout:
     tokenizer: Path
     tokenizer_eval: Path
     latents: Path
+    lam: Path
+    lam_eval: Path
     dynamics: Path
     eval: Path
     report: Path
@@ -44,6 +48,8 @@ class OutputLayout:
             tokenizer=r / "tokenizer",
             tokenizer_eval=r / "tokenizer" / "eval",
             latents=r / "latents",
+            lam=r / "lam",
+            lam_eval=r / "lam" / "eval",
             dynamics=r / "dynamics",
             eval=r / "eval",
             report=r / "report.html",

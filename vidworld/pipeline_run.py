@@ -1,17 +1,20 @@
 """``vidworld run CONFIG input=PATH output=DIR``: the whole chain, one stage after another.
 
-    curate -> tokenizer (train + reconstruction eval) -> tokenize -> dynamics (train) -> evaluate -> report
+    curate -> tokenizer (train + reconstruction eval) -> tokenize -> lam (train + held-out probe)
+        -> dynamics (train) -> evaluate -> report
 
 Each stage's settings live in a section of the pipeline YAML (``curate:``, ``tokenizer:``,
-``tokenize:``, ``dynamics:``, ``evaluate:``), in that stage's own schema, and can be overridden
-from the command line (``tokenizer.trainer.max_steps=50``). The chain fills in what links the
-stages (paths under ``output``, the dynamics model's latent geometry from the tokenizer, the W&B
-group) and writes each stage's resolved config to ``output/configs/STAGE.yaml`` before running it.
+``tokenize:``, ``lam:``, ``dynamics:``, ``evaluate:``), in that stage's own schema, and can be
+overridden from the command line (``tokenizer.trainer.max_steps=50``). The chain fills in what links
+the stages (paths under ``output``, the latent geometry from the tokenizer, the latent action model
+for the dynamics model when a ``lam`` stage runs, the W&B group) and writes each stage's resolved
+config to ``output/configs/STAGE.yaml`` before running it. The ``lam`` stage is optional: without it
+(and without a trained one in ``DIR/lam``) the dynamics model trains on real actions alone.
 
 Output folder: ``vidworld.layout.OutputLayout`` (``vidworld.report`` documents every file)::
 
-    DIR/configs/STAGE.yaml   DIR/curated/   DIR/tokenizer/   DIR/latents/   DIR/dynamics/
-    DIR/eval/                DIR/report.html
+    DIR/configs/STAGE.yaml   DIR/curated/   DIR/tokenizer/   DIR/latents/   DIR/lam/
+    DIR/dynamics/            DIR/eval/      DIR/report.html
 
 A stage whose outputs are complete is skipped. The chain asks the stage (``is_complete`` of
 ``pipeline.curate``, ``runtime.trained``, ``tokenizer.evaluate``, ``tokenizer.tokenize`` and
@@ -41,8 +44,8 @@ from runtime.files import atomic_write_text
 from runtime.tracking import WandbConfig
 from vidworld.layout import OutputLayout
 
-STAGES = ("curate", "tokenizer", "tokenize", "dynamics", "evaluate", "report")
-TRAINING_STAGES = ("tokenizer", "dynamics")
+STAGES = ("curate", "tokenizer", "tokenize", "lam", "dynamics", "evaluate", "report")
+TRAINING_STAGES = ("tokenizer", "lam", "dynamics")
 
 
 @dataclasses.dataclass
@@ -64,6 +67,7 @@ class PipelineConfig:
     curate: Any = dataclasses.field(default_factory=dict)
     tokenizer: Any = dataclasses.field(default_factory=dict)
     tokenize: Any = dataclasses.field(default_factory=dict)
+    lam: Any = dataclasses.field(default_factory=dict)
     dynamics: Any = dataclasses.field(default_factory=dict)
     evaluate: Any = dataclasses.field(default_factory=dict)
 
@@ -131,9 +135,11 @@ def compose(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
             composed["branch_resize"] = curate.get("resize", CurateConfig.resize)
         return composed
     if stage in TRAINING_STAGES:
-        data_src, run_dir = (
-            (layout.curated, layout.tokenizer) if stage == "tokenizer" else (layout.latents, layout.dynamics)
-        )
+        data_src, run_dir = {
+            "tokenizer": (layout.curated, layout.tokenizer),
+            "lam": (layout.latents, layout.lam),
+            "dynamics": (layout.latents, layout.dynamics),
+        }[stage]
         composed = {
             **base,
             "run_dir": str(run_dir),
@@ -144,12 +150,37 @@ def compose(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
                 "kind": "ray" if _train_launcher(cfg) == "ray" else "local",
             },
         }
-        if stage == "dynamics":
+        if stage in ("lam", "dynamics"):
             from tokenizer.tokenize import latent_geometry
 
             composed["model"] = {**base.get("model", {}), **latent_geometry(layout.latents)}
+        if stage == "dynamics" and _uses_lam(cfg):
+            composed["model"].setdefault("lam", str(layout.lam))
+            composed["model"].setdefault("latent_actions", _latent_action_codes(cfg))
         return composed
     raise ValueError(f"stage {stage!r} has no config")
+
+
+def _uses_lam(cfg: PipelineConfig) -> bool:
+    """Whether the dynamics stage conditions on the chain's latent action model: when the chain runs
+    the lam stage, or when it has a lam section and the model is trained (a per-stage job, as SLURM
+    runs each stage with stages=[STAGE], after the lam job)."""
+    if "lam" in cfg.stages:
+        return True
+    from runtime.trained import trained_step
+
+    return bool(cfg.lam) and trained_step(OutputLayout.of(cfg.output).lam) is not None
+
+
+def _latent_action_codes(cfg: PipelineConfig) -> int:
+    """How many codes the chain's latent action model has (its ``lam.model`` section)."""
+    from dynamics.lam import LAMConfig
+
+    model: dict[str, Any] = OmegaConf.to_container(  # type: ignore[assignment]
+        OmegaConf.create((cfg.lam or {}).get("model", {})), resolve=True
+    )
+    known = {f.name for f in dataclasses.fields(LAMConfig)}
+    return LAMConfig(**{k: v for k, v in model.items() if k in known}).num_codes
 
 
 def write_stage_config(cfg: PipelineConfig, stage: str) -> Path:
@@ -256,7 +287,8 @@ def run_stage(cfg: PipelineConfig, stage: str) -> str:
             )
         if trained:
             _child(stage, _vidworld_cmd(cfg, "train", str(stage_cfg)))
-        evaluated = stage == "tokenizer" and _tokenizer_eval(layout) == "done"
+        evaluated = {"tokenizer": _tokenizer_eval, "lam": _lam_eval}.get(stage, lambda _: "skipped")(layout)
+        evaluated = evaluated == "done"
         return "done" if trained or evaluated else "skipped"
     if stage_complete(stage, stage_cfg):
         return "skipped"
@@ -285,6 +317,16 @@ def _tokenizer_eval(layout: OutputLayout) -> str:
     if is_complete(layout.tokenizer, layout.tokenizer_eval):
         return "skipped"
     evaluate_tokenizer(str(layout.tokenizer), str(layout.curated), layout.tokenizer_eval)
+    return "done"
+
+
+def _lam_eval(layout: OutputLayout) -> str:
+    """How well the latent action model's codes tell the true actions apart on held-out clips."""
+    from dynamics.lam_eval import evaluate_lam, is_complete
+
+    if is_complete(layout.lam, layout.latents, layout.lam_eval):
+        return "skipped"
+    evaluate_lam(layout.lam, layout.latents, layout.lam_eval)
     return "done"
 
 

@@ -37,10 +37,18 @@ The output folder of ``vidworld run`` (this docstring is the one place it is wri
     DIR/tokenizer/eval/metrics.json {"recon_psnr": dB, "recon_ssim": 0..1, "resolution": "64x64",
                                      "clips": int, ...} (tokenizer/evaluate.py)
     DIR/latents/                    tokenized latent shards (+ manifest.jsonl / stats.json)
+    DIR/lam/                        training run folder of the latent action model (as DIR/tokenizer/)
+    DIR/lam/eval/metrics.json       its codes against the true actions on held-out clips: per game
+                                    and "overall", NMI and a linear probe's (balanced) accuracy to the
+                                    movement class, each with its shuffled baseline, and the code x
+                                    class table (dynamics/lam_eval.py, dynamics/action_probe.py)
     DIR/dynamics/                   training run folder of the dynamics model (as DIR/tokenizer/)
     DIR/eval/compounding_error.csv  horizon, model_psnr, copy_last_psnr, copy_last_recon_psnr,
                                     recon_psnr (dB), model_latent_mse, copy_last_latent_mse
     DIR/eval/action_sensitivity.csv horizon, action_sensitivity_psnr (dB); absent without actions
+    DIR/eval/latent_actions.csv     horizon, latent_action_psnr, latent_sensitivity_psnr (dB): rollouts
+                                    under the inferred latent codes and the gain over another clip's;
+                                    absent without a latent action model
     DIR/eval/counterfactual.csv     horizon, factual_psnr, counterfactual_psnr (dB),
                                     counterfactual_latent_mse, true_ab_psnr (dB),
                                     action_response_ratio, action_response_ratio_recon
@@ -81,8 +89,11 @@ from dynamics.evaluate import (
     COUNTERFACTUAL_CSV,
     COUNTERFACTUAL_VIDEO,
     EVAL_JSON,
+    LATENT_COLUMNS,
+    LATENT_CSV,
     ROLLOUT_VIDEO,
 )
+from dynamics.lam_eval import METRICS as LAM_METRICS
 from dynamics.verdict import (
     COMPOUNDING_COLUMNS,
     COUNTERFACTUAL_COLUMNS,
@@ -981,6 +992,36 @@ def _tokenizer_metrics(rep: Report) -> None:
     )
 
 
+LAM_COLUMNS = (
+    ("clips", "clips"),
+    ("n", "transitions"),
+    ("nmi", "NMI"),
+    ("nmi_shuffled", "NMI shuffled"),
+    ("probe_balanced_accuracy", "probe balanced acc."),
+    ("shuffled_probe_balanced_accuracy", "shuffled"),
+    ("probe_accuracy", "probe acc."),
+    ("shuffled_probe_accuracy", "shuffled"),
+)
+
+
+def _lam_metrics(rep: Report) -> None:
+    path = rep.layout.lam_eval / LAM_METRICS
+    if not path.is_file():
+        rep.add('<p class="na">Not measured: no latent action model was trained (no lam stage).</p>')
+        return
+    m = read_json(path)
+    games = dict(m.get("games") or {})
+    if m.get("overall"):
+        games["all games"] = m["overall"]
+    rep.add(
+        f"<p>{esc(m.get('num_codes', '?'))} latent actions, step {esc(m.get('lam_step', '?'))}, on "
+        f"{esc(m.get('split', '?'))} clips; movement classes none / right / left. The balanced accuracy "
+        "(mean recall per class) of a probe trained on shuffled labels is about 1/3.</p>"
+    )
+    rep.add(table([[g, *(fmt(v.get(k)) for k, _ in LAM_COLUMNS)] for g, v in games.items()],
+                  ["game", *(h for _, h in LAM_COLUMNS)]))  # fmt: skip
+
+
 def _curation(rep: Report) -> None:
     d = rep.layout.curated
     _json_tables(rep, d / "stats.json", "Totals (stats.json)", "the curate stage has not written its totals")
@@ -1108,10 +1149,30 @@ def section_raw(rep: Report, h: Headline) -> None:
             )
 
     rep.fold("Counterfactual actions per horizon (eval/counterfactual.csv)", counterfactual)
+    rep.fold(
+        "Latent actions: codes against the true actions (lam/eval/metrics.json)", lambda: _lam_metrics(rep)
+    )
+
+    def latent_rollouts() -> None:
+        path = rep.layout.eval / LATENT_CSV
+        if path.is_file():
+            rep.add(rows_table(read_csv_rows(path), LATENT_COLUMNS))
+        else:
+            rep.add('<p class="na">Not measured: the dynamics model has no latent action model.</p>')
+
+    rep.fold("Rollouts under latent actions per horizon, dB (eval/latent_actions.csv)", latent_rollouts)
     rep.fold("Tokenizer reconstruction (tokenizer/eval/metrics.json)", lambda: _tokenizer_metrics(rep))
     rep.fold(
         "Tokenizer training (tokenizer/: loss, last step, config)",
         lambda: _run_folder(rep, rep.layout.tokenizer, "tokenizer"),
+    )
+    rep.fold(
+        "Latent action model training (lam/: loss, last step, config)",
+        lambda: (
+            _run_folder(rep, rep.layout.lam, "lam")
+            if rep.layout.lam.is_dir()
+            else rep.add('<p class="na">Not trained: the chain had no lam stage.</p>')
+        ),
     )
     rep.fold(
         "Dynamics training (dynamics/: loss, last step, config)",

@@ -81,8 +81,11 @@ def test_eval_media_reports_model_copy_last_and_shuffled_action_errors(head):
     assert out["eval/copy_last_error"] > 0 and model.training  # eval mode was restored
 
 
-def write_latent_shards(out: Path, head: str, clips: int = 8, latent_frames: int = 4, tau: int = 2) -> None:
-    """Dot-world latent shards: the dot moves by the last source action of each latent frame."""
+def write_latent_shards(
+    out: Path, head: str, clips: int = 8, latent_frames: int = 4, tau: int = 2, unlabeled_every: int = 0
+) -> None:
+    """Dot-world latent shards: the dot moves by the last source action of each latent frame.
+    With ``unlabeled_every=k`` every k-th clip has no ``actions.npy`` (unlabelled video)."""
     g = torch.Generator().manual_seed(0)
     idx, moves = dot_world(clips, latent_frames, size=8, generator=g)
     src = torch.randint(0, 4, (clips, 1 + (latent_frames - 1) * tau), generator=g)
@@ -99,9 +102,9 @@ def write_latent_shards(out: Path, head: str, clips: int = 8, latent_frames: int
                     .astype(np.float16)
                 }
             )
-            w.write(
-                f"clip{i:03d}", {"json": {"key": f"clip{i:03d}"}, **member, "actions.npy": src[i].numpy()}
-            )
+            if not (unlabeled_every and i % unlabeled_every == 0):
+                member["actions.npy"] = src[i].numpy()
+            w.write(f"clip{i:03d}", {"json": {"key": f"clip{i:03d}"}, **member})
 
 
 @pytest.mark.integration
@@ -109,6 +112,37 @@ def write_latent_shards(out: Path, head: str, clips: int = 8, latent_frames: int
 def test_vidworld_train_runs_the_dynamics_yaml_on_latent_shards(tmp_path, head):
     shards = tmp_path / "latents"
     write_latent_shards(shards, head)
+    rows = train_dynamics_yaml(tmp_path, shards, head)
+    # The data's health reaches the metrics: no clip here is short of max_frames or corrupt.
+    for r in rows.values():
+        assert r["train/short_clips"] == 0.0 and r["train/latent_frames"] == 4.0
+        assert r["train/data_corrupt_skipped"] == 0.0 and r["train/data_short_skipped"] == 0.0
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def vidworld_train(job: str, overrides: list[str]) -> None:
+    """``vidworld train jobs/JOB overrides`` in a child process, alone on one CPU thread, no W&B keys
+    or distributed settings from the test's environment; the config validates first."""
+    load_train_config(REPO / "jobs" / job, overrides)  # the YAML and the overrides validate
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "LOCAL_RANK", "SLURM_"))
+    }
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for k in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    proc = subprocess.run(
+        [VIDWORLD, "train", str(REPO / "jobs" / job), *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def train_dynamics_yaml(tmp_path: Path, shards: Path, head: str, *extra: str) -> dict[int, dict]:
+    """``vidworld train jobs/dynamics.yaml`` for 6 steps on dot-world ``shards``: its metric rows."""
     overrides = [
         f"run_dir={tmp_path / 'run'}",
         f"data.shards={shards}",
@@ -123,28 +157,10 @@ def test_vidworld_train_runs_the_dynamics_yaml_on_latent_shards(tmp_path, head):
         "trainer.save_every=6",
         "trainer.log_every=2",
         "wandb.mode=disabled",
+        *extra,
     ]
-    load_train_config(REPO / "jobs" / "dynamics.yaml", overrides)  # the YAML and overrides validate
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "LOCAL_RANK", "SLURM_"))
-    }
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for k in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    proc = subprocess.run(
-        [VIDWORLD, "train", str(REPO / "jobs" / "dynamics.yaml"), *overrides],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    vidworld_train("dynamics.yaml", overrides)
     rows = read_metrics(tmp_path / "run")
     assert sorted(rows) == [2, 4, 6]
     assert all(math.isfinite(r["train/loss"]) for r in rows.values())
-    # The data's health reaches the metrics: no clip here is short of max_frames or corrupt.
-    for r in rows.values():
-        assert r["train/short_clips"] == 0.0 and r["train/latent_frames"] == 4.0
-        assert r["train/data_corrupt_skipped"] == 0.0 and r["train/data_short_skipped"] == 0.0
-    assert (tmp_path / "run" / "model.safetensors").is_file()
+    return rows

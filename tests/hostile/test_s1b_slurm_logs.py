@@ -11,6 +11,7 @@ import re
 import time
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.cluster_services import FINISHED_STATES, REPO, SlurmCluster
 
@@ -45,7 +46,8 @@ def test_pretrain_stage_logs_land_in_the_output_folder_not_the_submission_folder
     assert own.is_file(), f"pretrain's own log is not in {logs}: {sorted(p.name for p in submit.iterdir())}"
 
     stage_ids = {m[0]: int(m[1]) for m in re.findall(r"stage (\w+) -> job (\d+)", own.read_text())}
-    assert list(stage_ids) == ["curate", "tokenizer", "tokenize", "dynamics", "evaluate", "report"]
+    # One job per stage that jobs/pretrain.yaml names, in its order.
+    assert list(stage_ids) == list(OmegaConf.load(REPO / "jobs" / "pretrain.yaml").stages)
     for stage_id in stage_ids.values():
         _wait_gone_or_finished(slurm_cluster, stage_id, timeout_s=180)
 

@@ -159,6 +159,33 @@ def make_output(
     ev.mkdir()
     (ev / "compounding_error.csv").write_text(COMPOUNDING_CSV)
     (ev / "action_sensitivity.csv").write_text("horizon,action_sensitivity_psnr\n1,0.5\n2,1.25\n3,2.0\n")
+    (ev / "latent_actions.csv").write_text(
+        "horizon,latent_action_psnr,latent_sensitivity_psnr\n1,30.5,0.25\n2,29.0,0.5\n3,28.0,0.75\n"
+    )
+    training_run(out / "lam", range(10, 31, 10), 0.05, "lam")
+    lam_eval = out / "lam" / "eval"
+    lam_eval.mkdir(parents=True)
+    scores = {
+        "clips": 4,
+        "n": 60,
+        "nmi": 0.4,
+        "nmi_shuffled": 0.01,
+        "probe_balanced_accuracy": 0.8,
+        "shuffled_probe_balanced_accuracy": 0.33,
+        "probe_accuracy": 0.85,
+        "shuffled_probe_accuracy": 0.5,
+    }
+    (lam_eval / "metrics.json").write_text(
+        json.dumps(
+            {
+                "num_codes": 8,
+                "lam_step": 10,
+                "split": "heldout",
+                "games": {"breakout": scores},
+                "overall": scores,
+            }
+        )
+    )
     (ev / "rollout.mp4").write_bytes(encode_mp4(side_by_side(scene(), scene(seed=1)), fps=8))
     if png:
         (ev / "compounding_error.png").write_bytes(tiny_png())

@@ -49,6 +49,7 @@ def test_published_metrics_of_a_full_folder_cover_every_published_key(tmp_path):
     assert [r["compounding/horizon"] for r in horizon_rows] == [1.0, 2.0, 3.0]
     assert horizon_rows[2]["compounding/model_psnr"] == 22.125
     assert horizon_rows[1]["compounding/action_sensitivity_psnr"] == 1.25
+    assert horizon_rows[2]["compounding/latent_sensitivity_psnr"] == 0.75 and m["lam/nmi"] == 0.4
     assert m["data/inputs_failed"] == 1.0 and m["eval/recon_ssim"] == 0.8125
     assert m["data/clips_filtered"]["data"] == [["static", 7]]
     assert [r[1] for r in m["data/inputs_not_ok"]["data"]] == ["failed", "skipped"]
@@ -132,4 +133,4 @@ def test_publish_offline_logs_exactly_the_published_keys(tmp_path, monkeypatch):
 
 def test_published_keys_are_unique_and_namespaced():
     assert len(set(PUBLISHED_KEYS)) == len(PUBLISHED_KEYS)
-    assert all(Path(k).parts[0] in ("headline", "eval", "data", "compounding") for k in PUBLISHED_KEYS)
+    assert all(Path(k).parts[0] in ("headline", "eval", "data", "compounding", "lam") for k in PUBLISHED_KEYS)

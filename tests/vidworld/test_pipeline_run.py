@@ -5,6 +5,8 @@ The whole chain on real data runs in tests/test_demo.py; these are the fast unit
 import json
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 import pipeline.curate
 import tokenizer.tokenize
@@ -55,9 +57,22 @@ def test_dynamics_geometry_comes_from_the_latent_shards(tmp_path):
     tok = {"temporal_compression": 4, "is_discrete": False, "latent_channels": 8, "codebook_size": None}
     stats = {"tokenizer": tok, "latent_shape": [5, 8, 8, 8], "latent_std": 0.5}
     (latents / "stats.json").write_text(json.dumps(stats))
-    model = compose(cfg, "dynamics")["model"]
-    assert model == {"temporal_compression": 4, "head": "diffusion", "latent_channels": 8,
-                     "latent_height": 8, "latent_width": 8, "latent_scale": 2.0}  # fmt: skip
+    geometry = {"temporal_compression": 4, "head": "diffusion", "latent_channels": 8,
+                "latent_height": 8, "latent_width": 8, "latent_scale": 2.0}  # fmt: skip
+    assert compose(cfg, "lam")["model"] == geometry
+    # With a lam stage the dynamics model gets the latent action model and its number of codes.
+    model = compose(_cfg(tmp_path, "lam.model.levels=[3,2]"), "dynamics")["model"]
+    assert model == {**geometry, "lam": str((tmp_path / "out" / "lam").absolute()), "latent_actions": 6}
+    no_lam = _cfg(tmp_path, "stages=[curate,tokenizer,tokenize,dynamics,evaluate,report]")
+    assert compose(no_lam, "dynamics")["model"] == geometry
+    # A per-stage job (stages=[dynamics], as under SLURM) links a lam that its section describes and
+    # that is trained, and only then.
+    per_stage = _cfg(tmp_path, "stages=[dynamics]", "lam.model.levels=[2,2]")
+    assert compose(per_stage, "dynamics")["model"] == geometry
+    lam = tmp_path / "out" / "lam"
+    lam.mkdir()
+    save_file({"w": torch.zeros(1)}, str(lam / "model.safetensors"), metadata={"step": "3"})
+    assert compose(per_stage, "dynamics")["model"]["latent_actions"] == 4
 
 
 def test_a_bad_key_in_a_stage_section_fails_naming_the_stage_and_key(tmp_path):
@@ -122,12 +137,15 @@ def test_curation_outputs_written_make_the_chain_skip_the_stage(tmp_path, monkey
     assert run_stage(cfg, "curate") == "skipped"
 
 
-@pytest.mark.parametrize(("codes", "retries", "calls", "result"), [
-    ([4, 0], 1, 2, "done"),  # pending inputs retried once, then curation finishes
-    ([4, 4], 1, 2, 4),  # still failing: the chain stops with curate's code
-    ([4], 0, 1, 4),  # curate_retries=0: no retry
-    ([2], 1, 1, 2),  # any other failure is not retried
-])
+@pytest.mark.parametrize(
+    ("codes", "retries", "calls", "result"),
+    [
+        ([4, 0], 1, 2, "done"),  # pending inputs retried once, then curation finishes
+        ([4, 4], 1, 2, 4),  # still failing: the chain stops with curate's code
+        ([4], 0, 1, 4),  # curate_retries=0: no retry
+        ([2], 1, 1, 2),  # any other failure is not retried
+    ],
+)
 def test_curate_is_rerun_when_inputs_failed_not_for_their_content(
     tmp_path, monkeypatch, codes, retries, calls, result
 ):

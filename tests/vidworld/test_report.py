@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -410,3 +411,19 @@ def test_headline_says_when_the_model_does_not_follow_the_actions(tmp_path):
         "The dynamics model loses to copying the last frame at horizon 3, and it does not clearly"
     )
     assert "reacting to other actions" not in s
+
+
+def test_report_shows_the_latent_action_figures_per_game_and_their_rollouts(full_output):
+    text = " ".join(parse(build_report(full_output)).text)
+    assert "Latent actions: codes against the true actions" in text
+    assert "probe balanced acc." in text and "breakout" in text and "0.8" in text
+    assert "latent_sensitivity_psnr" in text and "0.75" in text
+    # A chain without a lam stage says so instead of listing the files as missing.
+    for rel in ("lam", "eval/latent_actions.csv"):
+        path = full_output / rel
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    text = " ".join(parse(build_report(full_output)).text)
+    assert "no latent action model was trained" in text and "Missing: lam" not in text
