@@ -3,7 +3,8 @@
 ``vidworld curate jobs/curate.yaml input=PATH output=DIR [key=value ...]``
 
 1. ``pipeline.inputs`` lists the inputs (``curation_inputs`` leaves out branch files, ``*.npz``); each
-   gets a stable ``source_id`` (a hash of its source).
+   gets a stable ``source_id`` (a hash of its canonical location) and a ``name`` (its path relative to
+   the job's input, which the held-out split hashes: the split does not depend on where the folder lies).
 2. Ray Data maps over the inputs not yet staged, one task per input. A task probes, decodes,
    splits, filters, transforms and encodes that input's clips (``curate_input``) and writes them,
    with the input's manifest row, to ``DIR/staging/CONFIG_HASH/SOURCE_ID-VERSION.tar`` in one atomic
@@ -97,7 +98,8 @@ class CurateConfig:
     preset: str = "veryfast"  # x264 preset
     samples_per_shard: int = 64
     # Held-out sources (never clips): split_sources groups them by (has actions, parent folder) and holds
-    # out this fraction of each group, by a hash of (seed, source); at least one of each group of >= 2.
+    # out this fraction of each group, by a hash of (seed, name: the source's path relative to the job's
+    # input, so the same folder splits the same way anywhere); at least one of each group of >= 2.
     heldout_fraction: float = 0.2
     seed: int = 0  # changes which sources are held out
     # Discrete (integer) actions must be indices below this (the dynamics model's model.num_actions):
@@ -457,13 +459,15 @@ def assign_splits(sources: list[str], heldout_fraction: float, seed: int = 0) ->
 
 
 def split_sources(has_actions: dict[str, bool], heldout_fraction: float, seed: int = 0) -> dict[str, str]:
-    """``{source: "train" | "heldout"}`` for sources given as ``{source: whether it has actions}``.
+    """``{name: "train" | "heldout"}`` for sources given as ``{name: whether it has actions}``; ``pack``
+    passes each input's ``name`` (its path relative to the job's input), so the split is the same
+    wherever the input folder lies.
 
-    Sources are grouped by (has actions, parent folder: the source up to its last ``/``), and each group
-    is split on its own by ``assign_splits``: a source is held out when a hash of (``seed``, source)
+    Sources are grouped by (has actions, parent folder: the name up to its last ``/``), and each group
+    is split on its own by ``assign_splits``: a source is held out when a hash of (``seed``, name)
     falls below ``heldout_fraction``, and in a group of two or more sources with none below it, the
     one with the lowest hash is. So the split is deterministic, depends on no order, and changes only
-    with the source strings, the seed and the fraction (and, for that one forced source, with which
+    with the names, the seed and the fraction (and, for that one forced source, with which
     other sources share its group). Every kind of video is held out somewhere: an action-conditioned
     model always has held-out videos with actions to be evaluated on, and each folder of two or more
     sources (``vidworld samples``: atari/breakout, atari/pong, natural, synthetic) has held-out ones.
@@ -502,8 +506,9 @@ def pack(
                     retry=True,
                 )
             )
+    names = {item.source: item.split_name for item in items}
     has_actions = {
-        row["source"]: any("actions.npy" in members for _, members in clips)
+        names[row["source"]]: any("actions.npy" in members for _, members in clips)
         for row, clips in staged.values()
         if row["status"] == "ok"
     }
@@ -515,7 +520,7 @@ def pack(
         for source_id in sorted(staged):
             row, clips = staged[source_id]
             if row["status"] == "ok":
-                row["split"] = splits[row["source"]]
+                row["split"] = splits[names[row["source"]]]
             rows.append(row)
             for key, members in clips:
                 meta = json.loads(members["json"])
@@ -623,12 +628,13 @@ def settings_key(cfg: CurateConfig) -> str:
 
 
 def _pack_key(items: list[InputItem], staging_dir: Path, cfg: CurateConfig) -> str:
-    """What the shards are a function of: the settings and the staged inputs (a staging file never
-    changes once written, so its name and size stand for its content)."""
+    """What the shards are a function of: the settings, the staged inputs (a staging file never
+    changes once written, so its name and size stand for its content) and the inputs' names."""
     h = hashlib.sha1(settings_key(cfg).encode())
     for item in items:
         path = staging_path(staging_dir, item)
-        h.update(f"{item.source_id}:{path.stat().st_size if path.is_file() else -1}\n".encode())
+        size = path.stat().st_size if path.is_file() else -1
+        h.update(f"{item.source_id}:{item.split_name}:{size}\n".encode())  # the name decides the split
     return h.hexdigest()[:16]
 
 

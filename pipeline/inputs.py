@@ -9,6 +9,13 @@
   ``url`` column and optional ``caption``, ``actions`` and ``rewards`` columns (URLs of ``.npy``
   files). Relative paths in a list file are relative to the list file's folder.
 
+Each input has two names. ``source_id`` hashes its canonical location (the resolved absolute path,
+symlinks followed, or the URL), so one file named two ways (``videos/a.mp4``, ``./videos/a.mp4``,
+``/data/videos/a.mp4``) is one input with one set of clips. ``name`` is its path relative to what the
+job was given (the folder, the glob's fixed prefix, the list file's folder), so the held-out split,
+which hashes ``name``, is the same wherever the folder lies or is mounted: moving ``samples/`` from
+``/tmp`` to ``/data`` holds out the same videos.
+
 Beside a video ``NAME.EXT``, the files ``NAME.actions.npy`` and ``NAME.rewards.npy`` are picked up
 as its per-frame actions and rewards (see ``pipeline.samples`` for the convention).
 """
@@ -31,17 +38,30 @@ LIST_SUFFIXES = (".txt", ".csv", ".parquet")
 
 @dataclass(frozen=True)
 class InputItem:
-    """One input of the job. ``source`` is a local path or an fsspec URL; the others are optional."""
+    """One input of the job. ``source`` is a local path or an fsspec URL; ``name`` its path relative
+    to the job's input (default: ``source``); the others are optional."""
 
     source: str
     caption: str | None = None
     actions: str | None = None
     rewards: str | None = None
+    name: str | None = None
+
+    @property
+    def location(self) -> str:
+        """The canonical location: a URL as given, a local path resolved (absolute, symlinks followed)."""
+        return self.source if _is_url(self.source) else os.path.realpath(self.source)
 
     @property
     def source_id(self) -> str:
-        """A stable 16-hex-digit id of the source: its staging name and the prefix of its clip keys."""
-        return hashlib.sha1(self.source.encode()).hexdigest()[:16]
+        """A stable 16-hex-digit id of the canonical location: its staging name and the prefix of its
+        clip keys."""
+        return hashlib.sha1(self.location.encode()).hexdigest()[:16]
+
+    @property
+    def split_name(self) -> str:
+        """What the held-out split hashes: ``name``, or the source when there is none."""
+        return self.name if self.name is not None else self.source
 
 
 def _is_url(spec: str) -> bool:
@@ -70,8 +90,32 @@ def _keep(path: str) -> bool:
     return not name.startswith(".") and not name.endswith(SIDECAR_SUFFIXES)
 
 
-def _with_sidecars(sources: list[str]) -> list[InputItem]:
-    return [InputItem(s, None, *_sidecars(s)) for s in sorted(set(sources)) if _keep(s)]
+def _relative(source: str, root: str) -> str:
+    """``source`` relative to the folder ``root`` when it lies under it; with no root, a relative
+    local path as it is; else the file name."""
+    root = root.rstrip("/")
+    if root and source.startswith(root + "/"):
+        return source[len(root) + 1 :]
+    if not root and not _is_url(source) and not os.path.isabs(source):
+        return os.path.normpath(source)
+    return source.rsplit("/", 1)[-1]
+
+
+def _fixed_prefix(pattern: str) -> str:
+    """The folder of a glob before its first wildcard: ``videos/**/*.mp4`` -> ``videos``."""
+    parts = pattern.split("/")
+    fixed = next((i for i, part in enumerate(parts) if globlib.has_magic(part)), len(parts))
+    return "/".join(parts[:fixed])
+
+
+def _with_sidecars(sources: list[str], root: str) -> list[InputItem]:
+    """Items for ``sources`` (deduplicated by canonical location), named relative to ``root``."""
+    items: dict[str, InputItem] = {}
+    for s in sorted(set(sources)):
+        if _keep(s):
+            item = InputItem(s, None, *_sidecars(s), name=_relative(s, root))
+            items.setdefault(item.location, item)
+    return list(items.values())
 
 
 def _resolve(ref: str, base: str) -> str:
@@ -88,7 +132,7 @@ def _read_list(path: str) -> list[InputItem]:
         data = f.read()
     if path.endswith(".txt"):
         lines = [ln.strip() for ln in data.decode().splitlines()]
-        return _with_sidecars([_resolve(ln, base) for ln in lines if ln and not ln.startswith("#")])
+        return _with_sidecars([_resolve(ln, base) for ln in lines if ln and not ln.startswith("#")], base)
     frame = pd.read_csv(io.BytesIO(data)) if path.endswith(".csv") else pd.read_parquet(io.BytesIO(data))
     if "url" not in frame.columns:
         raise ValueError(f"list file {path} has no 'url' column (columns: {list(frame.columns)}); add one")
@@ -108,9 +152,11 @@ def _read_list(path: str) -> list[InputItem]:
                 opt("caption"),
                 _resolve(actions, base) if actions else side_a,
                 _resolve(rewards, base) if rewards else side_r,
+                _relative(source, base),
             )
         )
-    return sorted(items, key=lambda i: i.source)
+    unique = {i.location: i for i in reversed(sorted(items, key=lambda i: i.source))}
+    return sorted(unique.values(), key=lambda i: i.source)
 
 
 def list_inputs(spec: str) -> list[InputItem]:
@@ -123,18 +169,20 @@ def list_inputs(spec: str) -> list[InputItem]:
     elif _is_url(spec):
         fs, root = fsspec.core.url_to_fs(spec)
         if globlib.has_magic(spec):
-            paths = fs.glob(root)
+            paths, base = fs.glob(root), _fixed_prefix(root)
         elif fs.isdir(root):
-            paths = [p for p in fs.find(root) if not fs.isdir(p)]
+            paths, base = [p for p in fs.find(root) if not fs.isdir(p)], root
         else:
-            paths = [root]
-        items = _with_sidecars([fs.unstrip_protocol(p) for p in paths])
+            paths, base = [root], ""
+        urls = [fs.unstrip_protocol(p) for p in paths]
+        items = _with_sidecars(urls, fs.unstrip_protocol(base) if base else "")
     elif globlib.has_magic(spec):
-        items = _with_sidecars([p for p in globlib.glob(spec, recursive=True) if os.path.isfile(p)])
+        paths = [p for p in globlib.glob(spec, recursive=True) if os.path.isfile(p)]
+        items = _with_sidecars(paths, _fixed_prefix(spec))
     elif Path(spec).is_dir():
-        items = _with_sidecars([str(p) for p in Path(spec).rglob("*") if p.is_file()])
+        items = _with_sidecars([str(p) for p in Path(spec).rglob("*") if p.is_file()], str(Path(spec)))
     elif Path(spec).is_file():
-        items = _with_sidecars([spec])
+        items = _with_sidecars([spec], "")
     else:
         raise ValueError(
             f"input {spec!r} is not a folder, file, glob, URL or list file that exists; check the path"

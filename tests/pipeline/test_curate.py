@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -259,6 +260,22 @@ def test_videos_with_actions_are_split_on_their_own_so_some_are_held_out(curated
             with_actions[meta["source_id"]] = meta["split"]
     assert len(with_actions) >= 2
     assert sorted(set(with_actions.values())) == ["heldout", "train"]
+
+
+def test_the_same_videos_in_another_folder_get_the_same_split(curated, inputs, tmp_path):
+    """The split hashes each video's path inside the input folder, not where the folder lies, so a
+    benchmark's held-out videos are the same on every machine."""
+    moved = tmp_path / "elsewhere" / "deeper" / "samples"
+    shutil.copytree(inputs, moved)
+    out = tmp_path / "out"
+    assert cli(JOB, _args(moved, out)) == 0
+
+    def splits(out: Path, root: Path) -> dict[str, str]:
+        rows = read_manifest(out / "manifest.jsonl")
+        return {str(Path(r["source"]).relative_to(root)): r["split"] for r in rows if r["status"] == "ok"}
+
+    assert splits(out, moved) == splits(curated, inputs)
+    assert sorted(set(splits(out, moved).values())) == ["heldout", "train"]
 
 
 def test_split_assignment_is_stable_and_holds_out_at_least_one_of_two_sources():

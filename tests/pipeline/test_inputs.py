@@ -44,9 +44,13 @@ def test_list_files_resolve_relative_urls_and_carry_captions(tree):
     )
     items = list_inputs(str(tree / "list.parquet"))
     assert items == [
-        InputItem(str(tree / "a/b/y.mkv")),
+        InputItem(str(tree / "a/b/y.mkv"), name="a/b/y.mkv"),
         InputItem(
-            str(tree / "a/x.mp4"), "ball", str(tree / "a/x.actions.npy"), str(tree / "a/x.rewards.npy")
+            str(tree / "a/x.mp4"),
+            "ball",
+            str(tree / "a/x.actions.npy"),
+            str(tree / "a/x.rewards.npy"),
+            name="a/x.mp4",
         ),
     ]
     pd.DataFrame({"url": ["a/x.mp4"], "actions": ["other.npy"]}).to_csv(tree / "list.csv", index=False)
@@ -84,3 +88,45 @@ def test_source_ids_are_stable_hashes_of_the_source():
         != InputItem("b.mp4").source_id
     )
     assert len(InputItem("a.mp4").source_id) == 16
+
+
+def test_one_file_named_two_ways_is_one_input_with_one_id(tmp_path, monkeypatch):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"v")
+    (tmp_path / "link").symlink_to(tmp_path / "videos")
+    monkeypatch.chdir(tmp_path)
+    ids = {
+        InputItem(p).source_id
+        for p in ("videos/a.mp4", "./videos/a.mp4", str(tmp_path / "videos" / "a.mp4"), "link/a.mp4")
+    }
+    assert len(ids) == 1
+    assert InputItem("videos/b.mp4").source_id not in ids
+    # A list file naming the same file twice (relative and absolute) gives one input.
+    (tmp_path / "list.txt").write_text(f"videos/a.mp4\n{tmp_path}/videos/a.mp4\n./videos/a.mp4\n")
+    assert len(list_inputs(str(tmp_path / "list.txt"))) == 1
+
+
+def test_names_are_relative_to_the_input_so_the_split_ignores_where_it_lies(tmp_path):
+    for root in ("here", "deep/elsewhere"):
+        for rel in ("atari/pong/p1.mp4", "natural/n1.mp4"):
+            (tmp_path / root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / root / rel).write_bytes(b"v")
+    for spec in (tmp_path / "here", tmp_path / "deep" / "elsewhere", "file://" + str(tmp_path / "here")):
+        assert [i.name for i in list_inputs(str(spec))] == ["atari/pong/p1.mp4", "natural/n1.mp4"]
+    assert [i.name for i in list_inputs(str(tmp_path / "here" / "**" / "*.mp4"))] == [
+        "atari/pong/p1.mp4",
+        "natural/n1.mp4",
+    ]
+    assert [i.name for i in list_inputs(str(tmp_path / "here/atari/pong/p1.mp4"))] == ["p1.mp4"]
+    (tmp_path / "here" / "list.txt").write_text("atari/pong/p1.mp4\nnatural/n1.mp4\n")
+    assert [i.name for i in list_inputs(str(tmp_path / "here" / "list.txt"))] == [
+        "atari/pong/p1.mp4",
+        "natural/n1.mp4",
+    ]
+    ids = {
+        i.source_id
+        for spec in ("here", "deep/elsewhere")
+        for i in list_inputs(str(tmp_path / spec))
+        if i.source.endswith(".mp4")
+    }
+    assert len(ids) == 4  # different files: different ids, though their names are the same
