@@ -3,6 +3,7 @@ when only a fraction of the Atari clips carry their actions.
 
     .venv/bin/python bench/labels.py demo_out                       # a finished `vidworld run` folder
     .venv/bin/python bench/labels.py demo_out --fraction 0.1 --steps 400
+    .venv/bin/python bench/labels.py demo_out --variants full --set model.relative_loss=true --tag rel
 
 On the latents, tokenizer and latent action model of a finished chain (its ``configs/dynamics.yaml``
 and ``configs/evaluate.yaml``), it trains the dynamics model three times with the same recipe and
@@ -16,7 +17,7 @@ steps, and evaluates each on the same held-out clips under their recorded action
 Margin over copy-last at each horizon: ``copy_last_latent_mse - model_latent_mse`` (latent units)
 and ``model_psnr - copy_last_recon_psnr`` (dB through the tokenizer); the target (Dreamer 4's
 label-efficiency figure) is ``fraction+lam`` keeping >= 85% of ``full``'s latent margin, mean over
-horizons. Figures go to ``OUT/bench_labels/labels.json``. Never gates CI.
+horizons. Figures go to ``OUT/bench_labels/labels.json`` (``labels_TAG.json`` with ``--tag``). Never gates CI.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ def main() -> int:
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=None, help="dynamics steps (default: the chain's)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="an override for every variant's training (e.g. model.relative_loss=true); repeatable",
+    )  # fmt: skip
+    ap.add_argument("--tag", default="", help="suffix of the variants' folders (to keep several recipes)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     dyn_cfg, eval_cfg = out / "configs" / "dynamics.yaml", out / "configs" / "evaluate.yaml"
@@ -78,8 +84,8 @@ def main() -> int:
     vw = [sys.executable, "-m", "vidworld.cli"]
     results: dict[str, object] = {}
     for name in args.variants.split(","):
-        folder = bench / name.replace("+", "_")
-        extra = [o.format(fraction=args.fraction) for o in VARIANTS[name]]
+        folder = bench / (name.replace("+", "_") + (f"_{args.tag}" if args.tag else ""))
+        extra = [o.format(fraction=args.fraction) for o in VARIANTS[name]] + args.set
         if args.steps:
             extra += [f"trainer.max_steps={args.steps}", f"trainer.save_every={args.steps}"]
         train_s = run(
@@ -117,8 +123,9 @@ def main() -> int:
         summary["target_met"] = bool(met)
         print(f"target (>= 85% of the full-label margin): {'met' if met else 'missed'}")
     bench.mkdir(parents=True, exist_ok=True)
-    (bench / "labels.json").write_text(json.dumps(summary, indent=2))
-    print(f"figures: {bench / 'labels.json'}")
+    figures = bench / (f"labels_{args.tag}.json" if args.tag else "labels.json")
+    figures.write_text(json.dumps(summary, indent=2))
+    print(f"figures: {figures}")
     return 0
 
 

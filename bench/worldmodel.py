@@ -148,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "worldmodel"), help="output folder")
     ap.add_argument("--config", default=str(REPO / "jobs" / "worldmodel.yaml"))
-    ap.add_argument("--samples", default="seed=0 atari=8 natural=14 synthetic=6 branches=8",
-                    help="vidworld samples overrides")  # fmt: skip
+    ap.add_argument(
+        "--samples",
+        default="seed=0 atari=8 atari_max_frames=400 natural=14 synthetic=6 branches=8",
+        help="vidworld samples overrides",
+    )
     ap.add_argument("overrides", nargs="*", help="chain overrides, e.g. dynamics.trainer.max_steps=100")
     args = ap.parse_args(argv)
     out = Path(args.out).absolute()

@@ -88,6 +88,12 @@ class DynamicsConfig:
     # prediction of it (made without gradient from the true past) instead of the true frame: the
     # model learns to correct its own errors, which open-loop rollouts feed back (residual only).
     self_forcing: float = 0.0
+    # Residual only: each clip's loss is its MSE divided by its copy-last MSE (+ relative_floor, in
+    # latent units, ~unit variance), so every clip weighs the same whatever its motion. A plain MSE
+    # (false) lets high-motion clips (camera footage) take the gradient from near-static ones
+    # (game screens) when both train one model.
+    relative_loss: bool = False
+    relative_floor: float = 1.0e-3
     # Probability, per training clip, that all its actions are replaced by "no action": keeps an
     # unconditional mode (classifier-free guidance, clips without actions).
     action_dropout: float = 0.1
@@ -128,6 +134,11 @@ class DynamicsConfig:
             raise ValueError(
                 "DynamicsConfig.residual=true predicts x0 relative to the previous frame: set "
                 "prediction=x0 (or residual=false for v-prediction)"
+            )
+        if self.relative_loss and not (self.residual and self.relative_floor > 0):
+            raise ValueError(
+                f"DynamicsConfig.relative_loss=true needs residual=true and relative_floor > 0 "
+                f"(got residual={self.residual}, relative_floor={self.relative_floor})"
             )
         if not 0.0 <= self.self_forcing <= 1.0:
             raise ValueError(f"DynamicsConfig.self_forcing={self.self_forcing} must be in [0, 1]")

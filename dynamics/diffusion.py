@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
-from dynamics.head import DynamicsHead
+from dynamics.head import DynamicsHead, relative_to_copy_last
 from dynamics.transformer import Actions, FrameActions, KVCache, frame_slice
 
 
@@ -167,8 +167,12 @@ class DiffusionDynamics(DynamicsHead):
         # Frame 0 has no predecessor: it is context, not a target.
         err = (x0_hat[:, 1:].float() - x0[:, 1:].float()) ** 2
         copy = (x0[:, :-1].float() - x0[:, 1:].float()) ** 2
+        if cfg.relative_loss:
+            loss = relative_to_copy_last(err, copy, cfg.relative_floor)
+        else:
+            loss = err.mean()
         return {
-            "loss": err.mean(),
+            "loss": loss,
             "x0_mse": err.detach().mean(),
             "copy_last_mse": copy.mean(),  # what copying the previous frame would score
         }

@@ -30,6 +30,17 @@ from dynamics.transformer import (
 )
 
 
+def relative_to_copy_last(err: Tensor, copy: Tensor, floor: float) -> Tensor:
+    """The mean over clips of each clip's prediction error divided by what copying the last frame
+    scores on it (plus ``floor``, in the same units): ``err`` and ``copy`` are squared errors
+    ``[B, ...]``. A clip of a static game screen and one of a panning camera then weigh the same;
+    under a plain MSE the clips with the most motion take nearly all the gradient."""
+    b = err.shape[0]
+    per_clip = err.reshape(b, -1).mean(1)
+    base = copy.detach().reshape(b, -1).mean(1)
+    return (per_clip / (base + floor)).mean()
+
+
 class DynamicsHead(nn.Module):
     """A next-frame model on a ``DynamicsTransformer`` taking ``in_features`` and giving
     ``out_features`` per latent position. Subclasses implement the methods that raise here."""

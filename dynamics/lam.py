@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynamics.head import relative_to_copy_last
 from tokenizer.bottleneck import FSQuantizer
 
 
@@ -256,7 +257,10 @@ class LatentActionModel(nn.Module):
         c = nxt.shape[1]
         err = (pred.float() - nxt.float()).pow(2).reshape(b, -1).mean(1)  # per clip
         copy = (past[:, -c:].float() - nxt.float()).pow(2).reshape(b, -1).mean(1).detach()
-        loss = (err / (copy + self.cfg.relative_floor)).mean() if self.cfg.relative_loss else err.mean()
+        if self.cfg.relative_loss:
+            loss = relative_to_copy_last(err, copy, self.cfg.relative_floor)
+        else:
+            loss = err.mean()
         usage = (indices[:, None] == torch.arange(self.num_codes, device=indices.device)).float().mean(0)
         entropy = -(usage * torch.log(usage.clamp_min(1e-12))).sum()
         return {

@@ -77,8 +77,11 @@ class SamplesConfig:
     width: int = 128  # frame size of the synthetic and photograph clips
     height: int = 96
     atari_games: list[str] = field(default_factory=lambda: ["ALE/Breakout-v5", "ALE/Pong-v5"])
-    atari: int = 4  # episodes per game
-    atari_max_frames: int = 400  # ALE v5 frameskip 4 -> 15 fps, so 400 frames = 26.7 s
+    # Episodes per game, and frames of each. More, shorter episodes rather than fewer long ones: a
+    # dynamics model trained on 6 episodes lost to copy-last on the held-out ones where 12 of half
+    # the length (the same frames) beat it (BENCHMARKS.md, 2026-11-28).
+    atari: int = 8
+    atari_max_frames: int = 200  # ALE v5 frameskip 4 -> 15 fps, so 200 frames = 13.3 s
     branches: int = 4  # counterfactual branch files per game
     branch_context: int = 17  # C: frames of shared past in a branch file
     branch_horizon: int = 16  # H: frames of each future

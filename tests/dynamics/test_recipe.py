@@ -69,3 +69,30 @@ def test_residual_prediction_needs_x0_and_bad_probabilities_are_refused():
         DynamicsConfig(self_forcing=1.5)
     with pytest.raises(ValueError, match="action_dropout=1.0"):
         DynamicsConfig(action_dropout=1.0)
+
+
+def test_the_relative_loss_weighs_a_still_clip_and_a_moving_one_alike():
+    plain = DynamicsConfig(max_frames=4, context_noise=0.0)
+    rel = DynamicsConfig(max_frames=4, context_noise=0.0, relative_loss=True, relative_floor=1e-9)
+    x, a = inputs(plain, 2, 4)
+    still = x * 0.01  # the same motion, a hundredth of the amplitude: 1e-4 of the squared error
+    losses = {}
+    for name, cfg in (("plain", plain), ("relative", rel)):
+        model = build_dynamics(cfg)  # untrained: predicts the predecessor, the copy-last error
+        with torch.no_grad():
+            losses[name] = [model.loss(clip, a)["loss"].item() for clip in (x, still)]
+    assert losses["plain"][0] / losses["plain"][1] == pytest.approx(1e4, rel=1e-3)
+    # Relative to copy-last each clip scores 1 (copy-last itself), whatever its amplitude.
+    assert losses["relative"] == pytest.approx([1.0, 1.0], rel=1e-3)
+    mixed = torch.cat([x[:1], still[1:]])
+    with torch.no_grad():
+        out = build_dynamics(rel).loss(mixed, a)
+    assert float(out["loss"]) == pytest.approx(1.0, rel=1e-3)
+    assert float(out["x0_mse"]) == pytest.approx(float(out["copy_last_mse"]))  # plain MSE still reported
+
+
+def test_the_relative_loss_needs_a_residual_model_and_a_positive_floor():
+    with pytest.raises(ValueError, match="relative_loss=true needs residual=true"):
+        DynamicsConfig(relative_loss=True, residual=False, prediction="v")
+    with pytest.raises(ValueError, match="relative_floor=0"):
+        DynamicsConfig(relative_loss=True, relative_floor=0.0)
