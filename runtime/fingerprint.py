@@ -66,6 +66,23 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def safetensors_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a safetensors file's tensors: the header as canonical JSON (sorted keys) and the
+    data after it. ``file_sha256`` would differ between two saves of the same tensors: safetensors
+    writes its ``__metadata__`` map in an order that changes from one process to the next."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(size))
+        except ValueError as e:
+            raise ValueError(f"{path}: not a safetensors file (its header is not JSON): {e}") from e
+        h.update(json.dumps(header, sort_keys=True).encode())
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def combine(pairs: Iterable[tuple[str, str]]) -> str:
     """One fingerprint (16 hex digits) of ``(name, hash)`` pairs, in their order."""
     h = hashlib.sha256()

@@ -47,7 +47,7 @@ from pipeline.loader import LoaderConfig, make_loader
 from pipeline.shards import clip_fps
 from runtime.config import load_config
 from runtime.files import atomic_write_bytes, atomic_write_text
-from runtime.fingerprint import file_sha256, shards_fingerprint
+from runtime.fingerprint import safetensors_sha256, shards_fingerprint
 from runtime.progress import Progress
 from runtime.video import encode_mp4
 from tokenizer.export import load_tokenizer
@@ -85,7 +85,7 @@ def tokenizer_identity(tokenizer_path: str | os.PathLike) -> dict[str, Any] | No
     if identity is not None:
         return identity
     try:
-        return {"sha256": file_sha256(weights_file(tokenizer_path))}
+        return {"sha256": safetensors_sha256(weights_file(tokenizer_path))}
     except (OSError, ValueError):
         return None
 

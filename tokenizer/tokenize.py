@@ -49,7 +49,13 @@ from pipeline.loader import resolve_shards
 from pipeline.manifest import MANIFEST_FILE, STATS_FILE, read_stats, write_manifest
 from pipeline.shards import SHARD_PATTERN, SHARDS_DIR, add_sample, shard_paths
 from runtime.files import atomic_open, atomic_write_text, folder_lock
-from runtime.fingerprint import SHARD_HASHES, HashingWriter, file_sha256, shards_fingerprint
+from runtime.fingerprint import (
+    SHARD_HASHES,
+    HashingWriter,
+    file_sha256,
+    safetensors_sha256,
+    shards_fingerprint,
+)
 from runtime.progress import Progress
 from runtime.stage import stage_cli
 from runtime.video import decode_mp4
@@ -96,7 +102,7 @@ def _fingerprint(cfg: TokenizeConfig) -> str:
     """The tokenizer weights (the sha256 of their bytes) and the settings that change latents."""
     from tokenizer.export import weights_file
 
-    text = json.dumps([file_sha256(weights_file(cfg.tokenizer)), _settings(cfg)])
+    text = json.dumps([safetensors_sha256(weights_file(cfg.tokenizer)), _settings(cfg)])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

@@ -259,3 +259,19 @@ def test_a_dynamics_evaluation_is_stale_once_its_latents_settings_or_run_change(
         data[700] ^= 0xFF
         shard.write_bytes(bytes(data))
     assert dyn_eval.is_complete(cfg)
+
+
+def test_weights_hash_by_their_tensors_not_the_order_safetensors_wrote_its_metadata_in(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.arange(4.0)}, str(path), metadata={"format": "x", "version": "1"})
+    first = fingerprint.safetensors_sha256(path)
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    header["__metadata__"] = dict(reversed(list(header["__metadata__"].items())))
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(size)
+    assert text != raw[8 : 8 + size] and len(text) == size
+    path.write_bytes(raw[:8] + text + raw[8 + size :])  # what another process's save may write
+    assert fingerprint.safetensors_sha256(path) == first
+    save_file({"a": torch.arange(4.0) + 1}, str(path), metadata={"format": "x", "version": "1"})
+    assert fingerprint.safetensors_sha256(path) != first
