@@ -162,13 +162,15 @@ def _device_for(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
+def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     """Initialise ``torch.distributed`` from the launcher's variables and pick this rank's device.
 
     NCCL when CUDA is present, gloo otherwise. Idempotent: an existing process group (Ray Train,
     or a second call) is accepted. Also sets ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` where the
     launcher (SLURM) did not, since DeepSpeed reads them.
     """
+    timeout = datetime.timedelta(seconds=timeout_s)
+    _timeout_for_new_groups(timeout)
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -186,7 +188,6 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
     os.environ.setdefault("LOCAL_WORLD_SIZE", str(info["local_world_size"]))
     device = _device_for(local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    timeout = datetime.timedelta(seconds=timeout_s)
     if world == 1 and info["launcher"] == "single":
         # No rendezvous needed: an in-process store, so a plain run opens no port.
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
@@ -201,6 +202,19 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
     return DistInfo(
         rank, local_rank, world, int(info["local_world_size"]), backend, device, str(info["launcher"])
     )
+
+
+def _timeout_for_new_groups(timeout: datetime.timedelta) -> None:
+    """Make ``timeout`` the one of every group created from here on, not only the default group's.
+
+    ``dist.new_group`` without a timeout (how DeepSpeed makes its data-parallel groups, which carry
+    the gradient all-reduce) takes torch's module default, 30 minutes for gloo, whatever the default
+    group was given: a hung rank would hold the others for half an hour."""
+    from torch.distributed import distributed_c10d
+
+    for name in ("default_pg_timeout", "default_pg_nccl_timeout"):
+        if isinstance(getattr(distributed_c10d, name, None), datetime.timedelta):
+            setattr(distributed_c10d, name, timeout)
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

@@ -16,6 +16,7 @@ mounts at the same path. Ray Train's own bookkeeping goes to ``run_dir/ray``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from pathlib import Path
@@ -93,7 +94,8 @@ def launch(config_path: str, overrides: list[str], cfg: Any) -> int:
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={"cfg": cfg},
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo",
+                                     timeout_s=max(1, math.ceil(cfg.trainer.collective_timeout_s))),
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})}),
             run_config=RunConfig(

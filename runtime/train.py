@@ -72,6 +72,7 @@ from runtime.parallelize import parallelize
 from runtime.progress import Progress
 from runtime.task import TASKS, Task
 from runtime.tracking import Tracker, WandbConfig
+from runtime.watchdog import RankWatch, default_store
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; slurm/ requeues the job on it
 DIVERGED_EXIT_CODE = 1
@@ -105,6 +106,13 @@ class TrainerConfig:
     eval_every: int = 0  # steps between task.eval_media calls (metrics + media to W&B); 0 = never
     progress_interval: float = 30.0  # seconds between progress lines (with ETA)
     max_bad_steps: int = 5  # non-finite steps in a row that stop the run
+    # No silent hangs (runtime.watchdog): a collective that waits longer than this for a hung or dead
+    # rank fails, and the message names the rank; torch's own default is 10 minutes too.
+    collective_timeout_s: float = 600.0
+    # A preemption signal that finds this rank still inside a step this long after it arrived (blocked
+    # in a collective by a hung rank) exits 75 without saving; the rerun resumes from the last
+    # checkpoint. Keep it above the slowest step and below the scheduler's warning (120 s); 0 = off.
+    preempt_grace_s: float = 60.0
     # Loud checks (runtime.health): a warning in the log and warn/<name> = 1 in the metrics.
     flat_loss_window: int = 200  # steps the loss must stay within flat_loss_rel_tol to warn; 0 = off
     flat_loss_rel_tol: float = 1e-4  # relative to the mean loss over the window
@@ -473,10 +481,22 @@ def train(cfg: TrainConfig) -> int:
     """Train ``cfg`` in this process (one rank of those the launcher started); returns the exit code."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed picks its accelerator at import
-    info = init_distributed()
+    info = init_distributed(cfg.trainer.collective_timeout_s)
+    watch = RankWatch(
+        info.rank,
+        info.world_size,
+        default_store(),
+        preempt_grace_s=cfg.trainer.preempt_grace_s,
+        exit_code=PREEMPTED_EXIT_CODE,
+    )
     try:
         with hold_run_dir(Path(cfg.run_dir), info):
-            return _train(cfg, info)
+            code = _train(cfg, info, watch)
+        if code == PREEMPTED_EXIT_CODE:
+            # Leave together: srun --kill-on-bad-exit ends every task once one exits 75, and none may
+            # be stopped while it still closes W&B or its run_dir lock.
+            barrier()
+        return code
     except FolderBusy as e:
         print(f"train: {e}", file=sys.stderr, flush=True)
         return BUSY_EXIT_CODE
@@ -484,8 +504,30 @@ def train(cfg: TrainConfig) -> int:
         if info.is_main:
             print(f"train: stopped: {e}", file=sys.stderr, flush=True)
         return 1
+    except Exception as e:
+        if info.world_size > 1 and is_collective_error(e):
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            print(
+                f"train: rank {info.rank}: a collective failed ({type(e).__name__}: {first}); "
+                f"{watch.diagnose()}. trainer.collective_timeout_s={cfg.trainer.collective_timeout_s:g}",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
     finally:
+        watch.close()
         shutdown_distributed(info)
+
+
+def is_collective_error(error: BaseException) -> bool:
+    """An error from a collective or the process group (a timeout, a peer gone), not from the model."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    text = str(error).lower()
+    return any(
+        word in text
+        for word in ("gloo", "nccl", "timed out", "connection closed", "connection reset", "broken pipe")
+    )
 
 
 @contextlib.contextmanager
@@ -656,7 +698,7 @@ def _warn(tracker: Tracker, step: int, name: str, message: str | None) -> None:
         tracker.log(step, {f"warn/{name}": 1.0}, console=False)
 
 
-def _train(cfg: TrainConfig, info: DistInfo) -> int:
+def _train(cfg: TrainConfig, info: DistInfo, watch: RankWatch) -> int:
     t = cfg.trainer
     # First, so that a SIGUSR1/SIGTERM during the slow start (engine build, resume) is a request to
     # stop at the first step boundary, not the signal's default action of killing the process.
@@ -750,6 +792,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> int:
                     f"{t.lr}), trainer.precision=fp32 (now {t.precision}), a smaller trainer.grad_clip (now "
                     f"{t.grad_clip}), or check the data; the last good checkpoint is in run_dir/checkpoints"
                 )
+            if result.preempt:
+                watch.stand_down()  # taken at a step boundary: the save below is the answer
+                # Every rank stops, also those the signal did not reach: all of them then ignore the
+                # SIGTERM that srun sends the others once the first exits 75 (PreemptionSignal.close).
+                preempt.requested = True
             if result.preempt or step % t.save_every == 0 or step == t.max_steps:
                 saved = save_checkpoint(engine, cfg, info, step, task, counters)
                 if info.is_main:
@@ -770,6 +817,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> int:
             print(f"train: stopped: {e}", flush=True)
         exit_code = DIVERGED_EXIT_CODE
     finally:
+        watch.stand_down()  # the loop is over: a late signal changes nothing (see PreemptionSignal)
         if info.is_main:
             progress.close()
             tracker.close(exit_code)

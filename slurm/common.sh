@@ -63,9 +63,11 @@ vidworld_srun_requeue() {
   # Forward the early-warning signal to the training step (srun passes it on to every task).
   trap 'warned=1; vidworld_log "got SIGUSR1: asking the training processes to save and stop";
         [[ -n "$srun_pid" ]] && kill -USR1 "$srun_pid" 2>/dev/null' USR1
-  # kill-on-bad-exit=0 (whatever the cluster's default): a rank that exits 75 a moment before the
-  # others must not get them killed while they finish writing the same checkpoint.
-  srun --kill-on-bad-exit=0 --label "$@" &
+  # kill-on-bad-exit=1 (whatever the cluster's default): a task that dies or fails ends the step at
+  # once, instead of leaving the others waiting in a collective (or a hung one alive after they gave
+  # up). A preempted run's ranks leave together after their last write (runtime.train.train), so a
+  # rank that exits 75 first stops no one mid-checkpoint.
+  srun --kill-on-bad-exit=1 --label "$@" &
   srun_pid=$!
   # `wait` returns early (rc > 128) whenever a trapped signal arrives: wait again until srun is gone.
   while true; do

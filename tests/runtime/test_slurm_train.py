@@ -89,6 +89,8 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes_to_max_steps(slurm_
 
     text = log.read_text()  # --open-mode=append keeps both attempts
     assert "got SIGUSR1" in text and "requeueing job" in text, _explain(slurm_cluster, job_id, log)
+    # Under srun --kill-on-bad-exit=1 the first rank out with 75 kills no other into a 143.
+    assert "training stopped (exit 75)" in text, _explain(slurm_cluster, job_id, log)
     preempted = [line for line in text.splitlines() if "preempted at step" in line]
     assert len(preempted) == 1, _explain(slurm_cluster, job_id, log)
     stop_step = int(preempted[0].split("preempted at step")[1].split(";")[0])
@@ -132,3 +134,27 @@ def test_time_limit_warning_from_sbatch_signal_option_saves_and_requeues(slurm_c
         return
     latest = ckpt.find_latest(run_dir)
     assert latest is not None and 0 < ckpt.read_meta(latest)["step"] < 1000000
+
+
+def test_a_task_that_fails_ends_the_whole_step_at_once(slurm_cluster, tmp_path):
+    """srun --kill-on-bad-exit=1 in vidworld_srun_requeue: when one task dies, the others (which would
+    wait in a collective, or hang) are ended with it, and the step's exit code is the failure's."""
+    script = tmp_path / "fail.sbatch"
+    script.write_text(
+        "#!/bin/bash\n"
+        f"source {REPO}/slurm/common.sh\n"
+        "vidworld_srun_requeue bash -c 'if [[ $SLURM_PROCID == 1 ]]; then exit 3; fi; sleep 300'\n"
+        'echo "step exit $?"\n'
+    )
+    log = tmp_path / "job.log"
+    started = time.monotonic()
+    job_id = slurm_cluster.sbatch(script, options=["--ntasks-per-node=2", "--cpus-per-task=1",
+                                                   f"--output={log}", f"--chdir={tmp_path}"])
+    slurm_cluster.wait_for_finish(job_id, timeout_s=120)
+    took = time.monotonic() - started
+    text = log.read_text()
+    # srun ended task 0 (SIGTERM, 143) as soon as task 1 failed, and returns the highest exit code.
+    assert "task 1: Exited with exit code 3" in text and "step exit 0" not in text, _explain(
+        slurm_cluster, job_id, log)
+    assert took < 60, f"the other task was left running ({took:.0f} s)\n" + _explain(
+        slurm_cluster, job_id, log)
