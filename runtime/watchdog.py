@@ -6,8 +6,8 @@ NCCL ("Timed out waiting ...", "Connection closed by peer") names no rank. ``Ran
 every rank a daemon thread that bumps its own counter in the process group's rendezvous store every
 ``interval`` seconds. When a collective fails, ``diagnose()`` reads the counters twice, a few
 intervals apart: a rank whose counter did not move is hung or dead, and the message says which.
-Counters, not timestamps, so the nodes' clocks need not agree. When rank 0 (which hosts the store)
-is the one gone, the store itself does not answer, and that is the diagnosis.
+Counters, not timestamps, so the nodes' clocks need not agree. When the store's host (rank 0, or
+torchrun's agent) is the one gone, the store itself does not answer, and that is the diagnosis.
 
 While the main thread is blocked inside a collective, Python cannot run the SIGTERM/SIGUSR1
 handler (``runtime.train.PreemptionSignal``), so a preemption warning would wait for the collective
@@ -179,13 +179,16 @@ class RankWatch:
         """One clause naming the ranks that stopped answering (or saying it could not tell)."""
         if self.world_size < 2:
             return "a single process: no other rank to wait for"
+        gone = (
+            "the rendezvous store does not answer: its host (rank 0, or torchrun's agent) is hung or dead"
+        )
         if self.store is None and self.rank != 0:
-            return "rank 0 (which hosts the rendezvous store) does not answer: it is hung or dead"
+            return gone
         silent = self.silent_ranks()
         if silent is None:
             if self.rank == 0:
                 return "the rendezvous store does not answer, so the hung or dead rank cannot be named"
-            return "rank 0 (which hosts the rendezvous store) does not answer: it is hung or dead"
+            return gone
         if not silent:
             return "every rank still answers (a slow collective, not a hung rank)"
         names = ", ".join(str(r) for r in silent)

@@ -36,7 +36,7 @@ def test_the_rank_whose_heartbeat_stopped_is_named_and_the_others_are_not():
 
 def test_without_a_store_a_rank_other_than_0_blames_the_store_host():
     watch = RankWatch(1, 2, None, preempt_grace_s=0)
-    assert "rank 0 (which hosts the rendezvous store) does not answer" in watch.diagnose()
+    assert "the rendezvous store does not answer: its host (rank 0" in watch.diagnose()
     watch.close()
 
 
@@ -123,7 +123,7 @@ def _read_until(proc, needle: str, timeout: float) -> str:
 
 @pytest.mark.integration
 def test_a_hung_rank_ends_the_run_after_the_collective_timeout_naming_it(tmp_path):
-    overrides = ["trainer.collective_timeout_s=4", "trainer.log_every=1"]
+    overrides = ["trainer.collective_timeout_s=10", "trainer.log_every=1"]
     proc, ranks = _start_two_ranks(tmp_path / "run", overrides)
     try:
         ranks[1].send_signal(signal.SIGSTOP)
@@ -134,7 +134,7 @@ def test_a_hung_rank_ends_the_run_after_the_collective_timeout_naming_it(tmp_pat
         _kill(proc, ranks)
     assert "train: rank 0: a collective failed" in out, out[-3000:]
     assert "rank(s) 1 stopped answering: hung or dead" in out, out[-3000:]
-    assert waited < 60, waited  # the 4 s timeout plus the diagnosis, not torch's 30 minutes
+    assert waited < 60, waited  # the 10 s timeout plus the diagnosis, not torch's 30 minutes
 
 
 @pytest.mark.integration
