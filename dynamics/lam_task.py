@@ -27,7 +27,6 @@ from dynamics.action_probe import (
 )
 from dynamics.lam import LAMConfig, LatentActionModel, build_lam
 from dynamics.task import LatentShardTask
-from pipeline.loader import ClipLoader
 
 
 class LAMTask(LatentShardTask):
@@ -36,12 +35,9 @@ class LAMTask(LatentShardTask):
     config_class: ClassVar[type] = LAMConfig
 
     def __init__(self, model_cfg: LAMConfig, train_cfg: Any) -> None:
-        self.cfg = model_cfg
-        self.data_cfg = train_cfg.data
-        self._loader: ClipLoader | None = None
+        super().__init__(model_cfg, train_cfg)
         self._meta = build_lam(model_cfg, device=None)  # for counting FLOPs only
         self._flops_cache: dict[int, float] = {}
-        self._clips, self._flops, self._frames = 0, 0.0, 0
 
     def build_model(self) -> nn.Module:
         return LatentActionModel(self.cfg)
@@ -107,23 +103,11 @@ class LAMTask(LatentShardTask):
         ``codes_used``) plus ``short_clips``, ``latent_frames`` and the loader's skip counts."""
         p = next(iter(model.parameters()))
         x = batch["x"].to(device=p.device, dtype=p.dtype)
-        try:
-            out: dict[str, Tensor | float] = dict(model(x))
-        except ValueError as e:
-            if not batch.get("keys"):
-                raise
-            raise ValueError(f"{e} (batch of clips {batch['keys'][:8]})") from e
-        b, t = x.shape[0], x.shape[2]
-        self._clips += b
-        self._frames += b * t
-        self._flops += b * self._clip_flops(t)
-        out["short_clips"] = float(batch.get("short_clips", 0))
-        out["latent_frames"] = float(t)
-        if self._loader is not None:
-            out.update(self._loader.skip_metrics())
+        out = self.run_model(model, batch, x)
+        self.account(out, batch, x.shape[0], x.shape[2])
         return out
 
-    def _clip_flops(self, frames: int) -> float:
+    def clip_flops(self, frames: int) -> float:
         """Training FLOPs of one clip of ``frames`` latent frames: the convolutions and matmuls of one
         forward pass, counted by ``FlopCounterMode`` on the meta model, times 3 (backward ~ 2x forward)."""
         if frames not in self._flops_cache:
@@ -136,15 +120,9 @@ class LAMTask(LatentShardTask):
             self._flops_cache[frames] = 3.0 * counter.get_total_flops()
         return self._flops_cache[frames]
 
-    def flops_per_sample(self) -> float:
-        """FLOPs per clip: the mean over the clips trained so far, or a ``max_frames`` clip's."""
-        return self._flops / self._clips if self._clips else self._clip_flops(self.cfg.max_frames)
-
-    def tokens_per_sample(self) -> int:
-        """Latent positions per clip (frames x h x w): the mean over clips trained so far, or a
-        ``max_frames`` clip's."""
-        frames = self._frames / self._clips if self._clips else self.cfg.max_frames
-        return round(frames * self.cfg.latent_height * self.cfg.latent_width)
+    def tokens_per_frame(self) -> int:
+        """Latent positions per frame (h x w)."""
+        return self.cfg.latent_height * self.cfg.latent_width
 
     def eval_media(self, model: nn.Module, batch: Any) -> dict[str, Any]:
         """Code and reconstruction metrics of one batch (no videos: they need the tokenizer's decoder).

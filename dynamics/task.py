@@ -73,14 +73,28 @@ def group_actions(actions: Tensor, latent_frames: int, tau: int, no_action: int 
 class LatentShardTask:
     """What the tasks that train on latent shards share (``DynamicsTask``, ``dynamics.lam_task.LAMTask``):
     the resumable loader (``data:`` is a ``LoaderConfig``) behind ``batches`` and ``loader_state``, and
-    the random window of ``max_frames`` latent frames cut from longer clips. A subclass sets
-    ``self.data_cfg`` and implements ``prepare(batch, generator)``."""
+    the random window of ``max_frames`` latent frames cut from longer clips, and the count of what
+    ``loss`` trained behind ``flops_per_sample`` and ``tokens_per_sample``. A subclass implements
+    ``prepare(batch, generator)``, ``clip_flops(frames)`` and ``tokens_per_frame()``."""
 
     data_class: ClassVar[type] = LoaderConfig
-    data_cfg: Any
-    _loader: ClipLoader | None = None
+
+    def __init__(self, model_cfg: Any, train_cfg: Any) -> None:
+        self.cfg = model_cfg
+        self.data_cfg = train_cfg.data
+        self._loader: ClipLoader | None = None
+        # What loss() has trained so far on this rank (clips, their FLOPs, their latent frames).
+        self._clips, self._flops, self._frames = 0, 0.0, 0
 
     def prepare(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def clip_flops(self, frames: int) -> float:
+        """Training FLOPs of one clip of ``frames`` latent frames."""
+        raise NotImplementedError
+
+    def tokens_per_frame(self) -> int:
+        """Latent tokens (positions) per latent frame."""
         raise NotImplementedError
 
     def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
@@ -101,6 +115,39 @@ class LatentShardTask:
             start = int(torch.randint(0, frames - max_frames + 1, (1,), generator=generator))
         return start, start + min(frames, max_frames)
 
+    @staticmethod
+    def run_model(model: nn.Module, batch: dict[str, Any], *inputs: Any) -> dict[str, Tensor | float]:
+        """``model(*inputs)`` as a dict; a ``ValueError`` (bad input) names the batch's clips."""
+        try:
+            return dict(model(*inputs))
+        except ValueError as e:
+            if not batch.get("keys"):
+                raise
+            raise ValueError(f"{e} (batch of clips {batch['keys'][:8]})") from e
+
+    def account(self, out: dict[str, Tensor | float], batch: dict[str, Any], clips: int, frames: int) -> None:
+        """Count ``clips`` clips of ``frames`` latent frames as trained, and add to ``out`` what the
+        runtime logs about the data: ``short_clips`` (clips of this micro-batch shorter than
+        ``max_frames``), ``latent_frames`` and, when training from the loader,
+        ``data_corrupt_skipped`` / ``data_short_skipped`` (all ranks)."""
+        self._clips += clips
+        self._frames += clips * frames
+        self._flops += clips * self.clip_flops(frames)
+        out["short_clips"] = float(batch.get("short_clips", 0))
+        out["latent_frames"] = float(frames)
+        if self._loader is not None:
+            out.update(self._loader.skip_metrics())
+
+    def flops_per_sample(self) -> float:
+        """FLOPs per clip: the mean over the clips trained so far (short clips cost less), or a
+        ``max_frames`` clip's before the first step."""
+        return self._flops / self._clips if self._clips else self.clip_flops(self.cfg.max_frames)
+
+    def tokens_per_sample(self) -> int:
+        """Latent tokens per clip: the mean over the clips trained so far, or a ``max_frames`` clip's."""
+        frames = self._frames / self._clips if self._clips else self.cfg.max_frames
+        return round(frames * self.tokens_per_frame())
+
 
 class DynamicsTask(LatentShardTask):
     """The ``Task`` of the dynamics model (see ``runtime.task.Task``)."""
@@ -108,14 +155,10 @@ class DynamicsTask(LatentShardTask):
     config_class: ClassVar[type] = DynamicsConfig
 
     def __init__(self, model_cfg: DynamicsConfig, train_cfg: Any) -> None:
-        self.cfg = model_cfg
-        self.data_cfg = train_cfg.data
-        self._loader: ClipLoader | None = None
+        super().__init__(model_cfg, train_cfg)
         self._meta = build_dynamics(model_cfg, device=None)  # for counting FLOPs only
         self._lam: nn.Module | None = None  # the latent action model (model.lam), loaded when first used
         self._lam_scale = 1.0  # its latent scale over ours
-        # What loss() has trained so far on this rank (clips, their FLOPs, their latent frames).
-        self._clips, self._flops, self._frames = 0, 0.0, 0
 
     def build_model(self) -> nn.Module:
         """The head ``model.head`` names, constructed only (the runtime places and initialises it)."""
@@ -250,33 +293,18 @@ class DynamicsTask(LatentShardTask):
                 actions = actions.to(p.dtype)
         labeled = batch.get("labeled")
         latent = self.latent_actions(x, labeled, self.cfg.latent_action_mix)
-        try:
-            out: dict[str, Tensor | float] = dict(model(x, actions, latent))
-        except ValueError as e:
-            if not batch.get("keys"):
-                raise
-            raise ValueError(f"{e} (batch of clips {batch['keys'][:8]})") from e
+        out = self.run_model(model, batch, x, actions, latent)
         b, t = x.shape[0], x.shape[1] if self.cfg.is_discrete else x.shape[2]
-        self._clips += b
-        self._frames += b * t
-        self._flops += b * self._meta.flops_per_sample(t)
-        out["short_clips"] = float(batch.get("short_clips", 0))
+        self.account(out, batch, b, t)
         if isinstance(labeled, Tensor):
             out["labeled_clips"] = float(labeled.float().mean())
-        out["latent_frames"] = float(t)
-        if self._loader is not None:
-            out.update(self._loader.skip_metrics())  # undecodable and too-short clips, all ranks
         return out
 
-    def flops_per_sample(self) -> float:
-        """FLOPs per clip: the mean over the clips trained so far (short clips cost less), or a
-        ``max_frames`` clip's before the first step."""
-        return self._flops / self._clips if self._clips else self._meta.flops_per_sample(self.cfg.max_frames)
+    def clip_flops(self, frames: int) -> float:
+        return self._meta.flops_per_sample(frames)
 
-    def tokens_per_sample(self) -> int:
-        """Latent tokens per clip: the mean over the clips trained so far, or a ``max_frames`` clip's."""
-        frames = self._frames / self._clips if self._clips else self.cfg.max_frames
-        return round(frames * self.cfg.tokens_per_frame)
+    def tokens_per_frame(self) -> int:
+        return self.cfg.tokens_per_frame
 
     def eval_media(self, model: nn.Module, batch: Any) -> dict[str, Any]:
         """Open-loop rollout of the second half of each clip from its first half (latent metrics).

@@ -57,13 +57,17 @@ class HashingWriter:
         return self._hash.hexdigest()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes, hex (read in 1 MiB pieces)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+def _hash_rest(h: Any, f: IO[bytes]) -> str:
+    """Feed the rest of ``f`` to ``h`` in 1 MiB pieces; returns the hex digest."""
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, hex."""
+    with open(path, "rb") as f:
+        return _hash_rest(hashlib.sha256(), f)
 
 
 def safetensors_sha256(path: str | os.PathLike) -> str:
@@ -78,9 +82,7 @@ def safetensors_sha256(path: str | os.PathLike) -> str:
         except ValueError as e:
             raise ValueError(f"{path}: not a safetensors file (its header is not JSON): {e}") from e
         h.update(json.dumps(header, sort_keys=True).encode())
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return _hash_rest(h, f)
 
 
 def combine(pairs: Iterable[tuple[str, str]]) -> str:

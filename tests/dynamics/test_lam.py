@@ -124,8 +124,8 @@ def test_fsq_index_latents_are_refused_with_a_message():
 
 def test_flops_count_the_transitions_trained():
     task = LAMTask(LAMConfig(channels=8, groups=4), SimpleNamespace(data=LoaderConfig(shards="unused")))
-    assert math.isclose(task._clip_flops(8) / task._clip_flops(4), 7 / 3, rel_tol=1e-6)
-    assert task.flops_per_sample() == task._clip_flops(task.cfg.max_frames) > 0
+    assert math.isclose(task.clip_flops(8) / task.clip_flops(4), 7 / 3, rel_tol=1e-6)
+    assert task.flops_per_sample() == task.clip_flops(task.cfg.max_frames) > 0
 
 
 # ---------------------------------------------------------------------------------------------------

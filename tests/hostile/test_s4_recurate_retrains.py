@@ -22,6 +22,7 @@ from runtime.train import TrainConfig, TrainerConfig, load_train_config
 from runtime.trained import is_complete as trained_complete
 from runtime.trained import trained_step
 from runtime.video import encode_mp4
+from tests.hostile.test_s2_stale_latents import _moving  # the same moving-bar videos
 from tests.runtime.train_helpers import VIDWORLD, train_env
 from tokenizer import TokenizerConfig, build_tokenizer, save_tokenizer
 from tokenizer.synthetic import moving_shapes
@@ -32,13 +33,6 @@ from tokenizer.tokenize import run as tokenize
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _moving(n: int, shade: int) -> np.ndarray:
-    frames = np.full((n, 72, 96, 3), 90, np.uint8)
-    for t in range(n):
-        frames[t, 24:48, (3 * t) % 80 : (3 * t) % 80 + 16] = shade
-    return frames
 
 
 def _stat_key(folder: Path) -> list[tuple[str, int, int]]:

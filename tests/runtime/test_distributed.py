@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import time
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import REPO, run_train, train_cmd, train_env
+from train_helpers import run_train, start_training, stop_training, wait_for_ranks
 
 from runtime import checkpoint as ckpt
 from runtime.distributed import expand_hostlist, launcher_env
@@ -102,31 +98,14 @@ def test_a_signal_to_one_rank_makes_every_rank_save_and_exit_75_then_resume(tmp_
     complete two-rank checkpoint at the same step and exit 75; the rerun resumes from it."""
     run = tmp_path / "run"
     overrides = ["trainer.max_steps=400", "trainer.zero_stage=2", "wandb.mode=disabled"]
-    proc = subprocess.Popen(
-        train_cmd(run, overrides, nproc=2),
-        cwd=REPO,
-        env=train_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc, ranks = start_training(run, overrides), None
     try:
-        deadline = time.monotonic() + 180
-        while not read_metrics(run) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        workers = [
-            c
-            for c in psutil.Process(proc.pid).children(recursive=True)
-            if "vidworld" in " ".join(c.cmdline())
-        ]
-        assert len(workers) == 2, [c.cmdline() for c in workers]
-        workers[-1].send_signal(signal.SIGUSR1)
+        ranks = wait_for_ranks(proc, run)
+        ranks[1].send_signal(signal.SIGUSR1)
         out, _ = proc.communicate(timeout=180)
     finally:
-        if proc.poll() is None:  # never leave trainers behind: the session holds torchrun and its workers
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:  # never leave trainers behind
+            stop_training(proc, ranks)
     # torchrun reports the workers' own exit code (75) in its failure summary.
     assert proc.returncode != 0 and "exitcode  : 75" in out, out[-3000:]
     assert "preempted at step" in out

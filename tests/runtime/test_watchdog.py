@@ -3,18 +3,14 @@ while the main thread is blocked (runtime.watchdog; trainer.collective_timeout_s
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import time
 
-import psutil
 import pytest
 import torch.distributed as dist
-from train_helpers import REPO, train_cmd, train_env
+from train_helpers import start_training, stop_training, wait_for_ranks
 
-from runtime.tracking import read_metrics
 from runtime.train import is_collective_error
 from runtime.watchdog import RankWatch
 
@@ -73,37 +69,6 @@ def test_collective_errors_are_told_from_model_errors():
     assert not is_collective_error(ValueError("actions out of range 0..17"))
 
 
-def _start_two_ranks(run, overrides):
-    proc = subprocess.Popen(
-        train_cmd(run, ["trainer.max_steps=100000", "wandb.mode=disabled", *overrides], nproc=2),
-        cwd=REPO,
-        env=train_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 180
-    while not read_metrics(run) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    ranks = {}
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        if "vidworld" in " ".join(child.cmdline()):
-            ranks[int(child.environ().get("RANK", -1))] = child
-    assert sorted(ranks) == [0, 1], ranks
-    return proc, ranks
-
-
-def _kill(proc, ranks) -> None:
-    """Leave nothing behind: the ranks (torchrun puts them in process groups of their own, and a stopped
-    one ignores all but SIGKILL) and torchrun's session."""
-    for rank in ranks.values():
-        with contextlib.suppress(psutil.Error):
-            rank.kill()
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def _read_until(proc, needle: str, timeout: float) -> str:
     """The run's output up to the line holding ``needle`` (or all of it once the run ends or times out)."""
     out, deadline = [], time.monotonic() + timeout
@@ -121,36 +86,43 @@ def _read_until(proc, needle: str, timeout: float) -> str:
     return "".join(out)
 
 
+def _stop_rank_1(run, overrides: list[str], needle: str, then=None) -> tuple[str, float]:
+    """Train on two ranks, SIGSTOP rank 1 once both are in the loop, call ``then(ranks)``, and read the
+    output up to the line holding ``needle``; returns it and the seconds from ``then`` to that line."""
+    proc, ranks = start_training(run, ["trainer.max_steps=100000", "wandb.mode=disabled", *overrides]), None
+    try:
+        ranks = wait_for_ranks(proc, run)
+        ranks[1].send_signal(signal.SIGSTOP)
+        if then is not None:
+            then(ranks)
+        started = time.monotonic()
+        out = _read_until(proc, needle, timeout=90)
+        return out, time.monotonic() - started
+    finally:
+        stop_training(proc, ranks)
+
+
 @pytest.mark.integration
 def test_a_hung_rank_ends_the_run_after_the_collective_timeout_naming_it(tmp_path):
     overrides = ["trainer.collective_timeout_s=10", "trainer.log_every=1"]
-    proc, ranks = _start_two_ranks(tmp_path / "run", overrides)
-    try:
-        ranks[1].send_signal(signal.SIGSTOP)
-        stopped = time.monotonic()
-        out = _read_until(proc, "stopped answering", timeout=90)
-        waited = time.monotonic() - stopped
-    finally:
-        _kill(proc, ranks)
+    out, waited = _stop_rank_1(tmp_path / "run", overrides, "stopped answering")
     assert "train: rank 0: a collective failed" in out, out[-3000:]
     assert "rank(s) 1 stopped answering: hung or dead" in out, out[-3000:]
     assert waited < 60, waited  # the 10 s timeout plus the diagnosis, not torch's 30 minutes
+
+
+def _signal_rank_0_while_it_waits(ranks) -> None:
+    time.sleep(1.0)  # rank 0 is now waiting for rank 1 inside a collective
+    ranks[0].send_signal(signal.SIGUSR1)
 
 
 @pytest.mark.integration
 def test_a_preemption_signal_while_a_rank_hangs_still_exits_75(tmp_path):
     """Rank 1 is stopped, so rank 0 blocks in the step's all-reduce and cannot reach a step boundary;
     SIGUSR1 to rank 0 still ends it with 75 (SLURM requeues) after trainer.preempt_grace_s."""
-    proc, ranks = _start_two_ranks(tmp_path / "run", ["trainer.preempt_grace_s=2"])
-    try:
-        ranks[1].send_signal(signal.SIGSTOP)
-        time.sleep(1.0)  # rank 0 is now waiting for rank 1 inside a collective
-        ranks[0].send_signal(signal.SIGUSR1)
-        signalled = time.monotonic()
-        out = _read_until(proc, "without saving", timeout=90)
-        waited = time.monotonic() - signalled
-    finally:
-        _kill(proc, ranks)
+    out, waited = _stop_rank_1(
+        tmp_path / "run", ["trainer.preempt_grace_s=2"], "without saving", then=_signal_rank_0_while_it_waits
+    )
     assert "train: rank 0: a preemption signal arrived 2 s ago" in out, out[-3000:]
     assert "rank(s) 1 stopped answering" in out and "Exiting 75 without saving" in out, out[-3000:]
     assert waited < 45, waited

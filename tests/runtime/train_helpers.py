@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +56,51 @@ def run_train(
         text=True,
         timeout=timeout,
     )
+
+
+def start_training(run_dir: Path, overrides: list[str], nproc: int = 2) -> subprocess.Popen:
+    """``vidworld train`` under torchrun in a session of its own, stdout and stderr in one text pipe."""
+    return subprocess.Popen(
+        train_cmd(run_dir, overrides, nproc),
+        cwd=REPO,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_ranks(proc: subprocess.Popen, run_dir: Path, nproc: int = 2, timeout: float = 180) -> dict:
+    """Once the run has logged a step (every rank is inside the loop, its signal handlers installed):
+    its rank processes, ``{rank: psutil.Process}``."""
+    import psutil
+
+    from runtime.tracking import read_metrics
+
+    deadline = time.monotonic() + timeout
+    while not read_metrics(run_dir) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    ranks = {
+        int(c.environ().get("RANK", -1)): c
+        for c in psutil.Process(proc.pid).children(recursive=True)
+        if "vidworld" in " ".join(c.cmdline())
+    }
+    assert sorted(ranks) == list(range(nproc)), {r: c.cmdline() for r, c in ranks.items()}
+    return ranks
+
+
+def stop_training(proc: subprocess.Popen, ranks: dict | None = None) -> None:
+    """Leave nothing behind: the ranks (torchrun puts them in process groups of their own, and a stopped
+    one ignores all but SIGKILL) and torchrun's session."""
+    import psutil
+
+    for rank in (ranks or {}).values():
+        with contextlib.suppress(psutil.Error):
+            rank.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def read_wandb_history(wandb_file: Path) -> list[dict]:
