@@ -9,7 +9,9 @@ Layout (version 1)::
             runtime_rank00000.pt    # ours, per rank: step, loader state, RNG states (weights_only)
             config.yaml             # the resolved training config
             model.safetensors       # the consolidated model weights (fp32 master copy), rank 0
-            COMPLETE                # JSON, written last: {"version", "step", "world_size", "zero_stage", ...}
+            optimizer.safetensors   # AdamW's moments per parameter, rank 0 (runtime.portable)
+            COMPLETE                # JSON, written last: {"version", "step", "world_size", "zero_stage",
+                                    #   "precision", "offload_optimizer", "portable", "global_batch", ...}
 
 Beside them, ``RUN_DIR/data.json`` (``DATA_RECORD``) says what data the run's checkpoints learnt from:
 ``{"fingerprint": runtime.fingerprint.shards_fingerprint(data.shards) or null, "shards": data.shards,
@@ -24,7 +26,9 @@ Weights leave a run only as safetensors: every checkpoint holds its consolidated
 ``model.safetensors`` (gathered in memory while training, whatever the ZeRO stage), and
 ``export_weights`` copies them to ``run_dir/model.safetensors``. DeepSpeed's own files are pickles
 (``torch.load(weights_only=False)`` inside DeepSpeed): only the run that wrote them reads them, to
-resume itself. A checkpoint from elsewhere without ``model.safetensors`` is converted once, on
+resume itself, in the layout (world size, ZeRO stage, precision, offload) that wrote them; in any
+other layout a run resumes from ``model.safetensors`` and ``optimizer.safetensors``
+(``runtime.portable``). A checkpoint from elsewhere without ``model.safetensors`` is converted once, on
 purpose, by ``vidworld convert-checkpoint RUN_DIR trust=true`` (``runtime.convert``).
 """
 
@@ -128,6 +132,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators (every device's) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def runtime_state_path(ckpt_dir: Path, rank: int) -> Path:
     return ckpt_dir / f"runtime_rank{rank:05d}.pt"
 
@@ -139,15 +150,41 @@ def save_runtime_state(ckpt_dir: Path, rank: int, state: dict[str, Any]) -> None
 
 
 def load_runtime_state(ckpt_dir: Path, rank: int, world_size: int) -> dict[str, Any]:
-    """Read this rank's runtime state; the world size must be the one the checkpoint was saved with."""
-    meta = read_meta(ckpt_dir)
-    if meta["world_size"] != world_size:
-        raise RuntimeError(
-            f"checkpoint {ckpt_dir} was saved by {meta['world_size']} processes but this run has "
-            f"{world_size}; "
-            "resume with the same number of processes, or start a new run_dir"
-        )
-    return torch.load(runtime_state_path(ckpt_dir, rank), map_location="cpu", weights_only=True)
+    """This rank's runtime state.
+
+    Saved by another number of processes (a resume in another layout, ``runtime.portable``): the step
+    and counters are the same on every saved rank; the loader position is ``merge_loader_states`` of
+    all of them; the RNG state is this rank's where the saved run had this rank, else ``None`` (the
+    caller seeds one from the step and the rank)."""
+    saved = int(read_meta(ckpt_dir)["world_size"])
+
+    def read(r: int) -> dict[str, Any]:
+        return torch.load(runtime_state_path(ckpt_dir, r), map_location="cpu", weights_only=True)
+
+    if saved == world_size:
+        return read(rank)
+    states = [read(r) for r in range(saved)]
+    state = dict(states[rank] if rank < saved else states[0])
+    state["loader"] = merge_loader_states([s["loader"] for s in states])
+    if rank >= saved:
+        state["rng"] = None
+    return state
+
+
+def merge_loader_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One loader position for every rank of a resumed run from the saved ranks' positions: a value
+    all ranks agree on is kept, and an integer they disagree on (an epoch, a counter: positions only
+    move forward) takes the largest, so no rank starts over data some saved rank had begun."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for s in states for k in s):
+        values = [s[key] for s in states if key in s]
+        if all(v == values[0] for v in values):
+            out[key] = values[0]
+        elif all(isinstance(v, int) for v in values):
+            out[key] = max(values)
+        else:
+            raise ValueError(f"saved ranks disagree on loader state {key!r}: {values}; cannot merge")
+    return out
 
 
 def mark_complete(ckpt_dir: Path, meta: dict[str, Any]) -> None:

@@ -96,7 +96,7 @@ class ReferenceTask:
             raise ValueError("model.max_stride must be >= 1 and model.seq_len >= 2")
         self.cfg = model_cfg
         self.micro_batch_size = int(train_cfg.trainer.micro_batch_size)
-        self._next = 0
+        self._consumed = 0
 
     def build_model(self) -> nn.Module:
         """Constructed only; the runtime initialises it (``TinyTransformer.init_weights``)."""
@@ -115,14 +115,18 @@ class ReferenceTask:
         return {"tokens": seq[:, :-1], "targets": seq[:, 1:]}
 
     def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
-        k = int(state["next"]) if state else 0
+        """Global micro-batches ``consumed + k * world_size + rank``: the position is global, so a run
+        resumed on another number of processes reads on where the saved run stopped."""
+        first = int(state["consumed"]) if state else 0
+        k = 0
         while True:
-            self._next = k + 1  # counted before the yield: the state after this batch is consumed
-            yield self.make_batch(seed, k * world_size + rank)
+            # Counted before the yield: the state after this batch is consumed (by every rank).
+            self._consumed = first + (k + 1) * world_size
+            yield self.make_batch(seed, first + k * world_size + rank)
             k += 1
 
     def loader_state(self) -> dict:
-        return {"next": self._next}
+        return {"consumed": self._consumed}
 
     def loss(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         device = next(iter(p.device for p in model.parameters()))

@@ -56,6 +56,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from runtime import checkpoint as ckpt
+from runtime import portable
 from runtime.config import ConfigError, load_yaml, merge_into, parse_overrides, save_config, to_object
 from runtime.distributed import (
     DistInfo,
@@ -100,6 +101,10 @@ class TrainerConfig:
     compile: bool = False  # torch.compile each of the task's blocks (runtime.parallelize)
     save_every: int = 1000  # steps; a checkpoint is also written at the end and on preemption
     keep_last: int = 3  # complete checkpoints kept
+    # Each checkpoint also holds AdamW's moments as optimizer.safetensors (rank 0 gathers them), so a
+    # run resumes on another number of processes or ZeRO stage (runtime.portable). Off: resume only
+    # as saved; saves then skip that gather and ~2x the model's fp32 size on disk.
+    portable_checkpoints: bool = True
     export_weights: bool = True  # run_dir/model.safetensors at the end
     seed: int = 0
     log_every: int = 10
@@ -392,6 +397,11 @@ def save_checkpoint(
         ckpt.save_weights(
             weights, ckpt.checkpoint_weights_path(ckpt_dir), {"step": str(step), "checkpoint": tag}
         )
+    del weights
+    moments = portable.gather(engine, keep=info.is_main) if cfg.trainer.portable_checkpoints else None
+    if moments is not None and info.is_main:
+        portable.save(ckpt_dir, *moments)
+    del moments
     barrier()  # every rank's files are on disk before the checkpoint is declared complete
     if info.is_main:
         save_config(cfg, ckpt_dir / "config.yaml")
@@ -399,9 +409,7 @@ def save_checkpoint(
             ckpt_dir,
             {
                 "step": step,
-                "world_size": info.world_size,
-                "zero_stage": cfg.trainer.zero_stage,
-                "precision": cfg.trainer.precision,
+                **layout(cfg.trainer, info.world_size),
                 "task": cfg.task,
                 "time": time.time(),
             },
@@ -418,9 +426,8 @@ def full_weights(engine, keep: bool) -> dict[str, torch.Tensor]:
     Every rank must call it (under ZeRO each parameter is assembled collectively, in the same order
     everywhere); only where ``keep`` are the tensors kept (rank 0), the others get ``{}``.
     """
-    from deepspeed.utils import safe_get_full_fp32_param
-
     module = engine.module
+    masters = portable.State(engine)
     params = dict(module.named_parameters(remove_duplicate=False))
     out: dict[str, torch.Tensor] = {}
     done: dict[int, torch.Tensor] = {}  # tied weights: gathered once
@@ -431,7 +438,7 @@ def full_weights(engine, keep: bool) -> dict[str, torch.Tensor]:
                 out[name] = value.detach().to("cpu")
             continue
         if id(param) not in done:
-            full = safe_get_full_fp32_param(param)
+            full = masters.get(param) if param.requires_grad else None
             done[id(param)] = (param if full is None else full).detach().to("cpu") if keep else param
         if keep:
             out[name] = done[id(param)]
@@ -620,11 +627,52 @@ def eval_media(engine, task: Any, batch: Any) -> dict[str, Any]:
         engine.train()
 
 
-def _resume(engine, run_dir: Path, info: DistInfo) -> dict[str, Any] | None:
+def layout(t: TrainerConfig, world_size: int) -> dict[str, Any]:
+    """How a run cuts its training state: DeepSpeed's checkpoint files load back only into the same
+    layout; any other resumes through ``runtime.portable``. Recorded in each checkpoint's COMPLETE."""
+    return {
+        "world_size": world_size,
+        "zero_stage": t.zero_stage,
+        "precision": t.precision,
+        "offload_optimizer": t.offload_optimizer,
+        "portable": t.portable_checkpoints,
+        "global_batch": t.micro_batch_size * t.grad_accum * world_size,
+    }
+
+
+LAYOUT_KEYS = ("world_size", "zero_stage", "precision", "offload_optimizer")
+
+
+def layout_change(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """What differs between a checkpoint's layout and this run's (``"world_size 2 -> 1, ..."``), or None.
+    A key the checkpoint did not record (an older trainer's) counts as unchanged."""
+    diffs = [f"{k} {saved[k]} -> {now[k]}" for k in LAYOUT_KEYS if k in saved and saved[k] != now[k]]
+    return ", ".join(diffs) or None
+
+
+def portable_problem(latest: Path, saved: dict[str, Any], change: str) -> str | None:
+    """Why ``latest`` cannot resume in another layout (``change``), or None."""
+    if not ckpt.checkpoint_weights_path(latest).is_file() or not saved.get("portable", False):
+        as_saved = " ".join(
+            f"trainer.{k}={saved[k]}" for k in ("zero_stage", "precision", "offload_optimizer") if k in saved
+        )
+        return (
+            f"{latest} cannot resume in another layout ({change}): it was saved without "
+            f"{portable.OPTIMIZER} (trainer.portable_checkpoints was off, or an older trainer), so its "
+            f"optimizer state is only in DeepSpeed's files for that layout. Resume it as saved "
+            f"({saved.get('world_size')} processes, {as_saved}), then save once with "
+            f"trainer.portable_checkpoints=true; or start a new run_dir"
+        )
+    return None
+
+
+def _resume(engine, run_dir: Path, info: DistInfo, t: TrainerConfig) -> dict[str, Any] | None:
     """Load the newest complete checkpoint into ``engine`` and restore RNG; its runtime state, or None.
 
-    DeepSpeed's loader unpickles its files (``weights_only=False``, not configurable): only this run's
-    own checkpoints, in the ``run_dir`` it holds the lock of, are read this way."""
+    Saved in this run's layout (world size, ZeRO stage, precision, offload): DeepSpeed's own loader,
+    which unpickles its files (``weights_only=False``, not configurable), so only this run's own
+    checkpoints, in the ``run_dir`` it holds the lock of, are read this way. Saved in another layout:
+    the safetensors files (``runtime.portable``), into the engine as built for this run."""
     latest = ckpt.find_latest(run_dir)  # every rank reads the same folder...
     seen = int(ckpt.read_meta(latest)["step"]) if latest is not None else 0
     hi, neg_lo = all_reduce_max([seen, -seen], info.device)
@@ -638,14 +686,32 @@ def _resume(engine, run_dir: Path, info: DistInfo) -> dict[str, Any] | None:
         ckpt.remove_incomplete(run_dir)  # ...then rank 0 clears cut-off writes
     state = None
     if latest is not None:
+        saved = ckpt.read_meta(latest)
+        now = layout(t, info.world_size)
+        change = layout_change(saved, now)
         state = ckpt.load_runtime_state(latest, info.rank, info.world_size)
         problem = resume_problem(run_dir, latest, int(state["step"]))
+        problem = problem or (portable_problem(latest, saved, change) if change else None)
         if all_reduce_sum([1.0 if problem else 0.0], info.device)[0] > 0:
             raise ResumeMismatch(problem or f"another rank found {latest} inconsistent (rank 0 says how)")
-        engine.load_checkpoint(str(latest.parent), tag=latest.name)
-        ckpt.set_rng_state(state["rng"])
+        if change is None:
+            engine.load_checkpoint(str(latest.parent), tag=latest.name)
+        else:
+            portable.load(engine, ckpt.load_checkpoint_weights(latest), latest, info.rank)
+        if state["rng"] is None:  # a rank the saved run did not have: its own stream, still reproducible
+            ckpt.seed_everything(t.seed * 1_000_003 + int(state["step"]) * 1_009 + info.rank)
+        else:
+            ckpt.set_rng_state(state["rng"])
         if info.is_main:
-            print(f"train: resumed from {latest} (step {state['step']})", flush=True)
+            how = f" in another layout ({change})" if change else ""
+            print(f"train: resumed from {latest} (step {state['step']}){how}", flush=True)
+            if saved.get("global_batch", now["global_batch"]) != now["global_batch"]:
+                print(
+                    f"train: WARNING: the global batch changed from {saved['global_batch']} to "
+                    f"{now['global_batch']} samples (micro_batch_size x grad_accum x processes); set "
+                    "trainer.grad_accum to keep it, or expect the loss curve to bend",
+                    flush=True,
+                )
     barrier()
     return state
 
@@ -719,7 +785,7 @@ def _train(cfg: TrainConfig, info: DistInfo, watch: RankWatch) -> int:
     model = parallelize(task, t, info.device, init_device="cpu" if t.zero_stage == 3 else info.device)
     engine = build_engine(model, cfg, info)
 
-    state = _resume(engine, run_dir, info)
+    state = _resume(engine, run_dir, info, t)
     step = int(state["step"]) if state else 0
     counters = {k: int(state.get(k, 0)) if state else 0 for k in ("skipped_steps", "bad_in_a_row")}
     batches = task.batches(info.rank, info.world_size, t.seed, state["loader"] if state else None)
