@@ -5,8 +5,15 @@ the cluster at ``RAY_ADDRESS`` (or starts a local one, ``runtime.cluster.init_ra
 ``TorchTrainer`` with N workers. Ray Train creates the workers' ``torch.distributed`` group
 (gloo on CPU, NCCL on GPU) and sets ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``; each worker then runs
 the very loop a ``torchrun`` or ``srun`` process runs (``runtime.train.train``), whose
-``init_distributed()`` adopts that group. Rank 0's exit code is the command's exit code; a
-worker that raises fails the whole run at once (no retries), and its error is printed.
+``init_distributed()`` adopts that group. Rank 0's exit code is the command's exit code.
+
+Failures and preemption, as under SLURM:
+- A worker that dies (its node lost, an OOM kill) or raises fails the attempt; Ray Train starts the
+  workers again up to ``launcher.max_failures`` times, and each attempt resumes from run_dir's newest
+  checkpoint (``runtime.train``). With the default 0 the run fails at once and the error is printed.
+- SIGTERM or SIGUSR1 to this driver (``ray job stop``, a scheduler's warning) writes
+  ``stop_file(run_dir)``; the workers, whose loop runs in a thread that cannot take signals, see it
+  at the next step boundary, save and return 75, and the command exits 75 ("rerun to resume").
 
 Paths: a relative ``run_dir`` is made absolute against the submitting process's folder, so every
 worker writes the same run folder; on a multi-node cluster it must be on storage that every node
@@ -18,7 +25,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,42 @@ from runtime.cluster import init_ray
 from runtime.config import ConfigError
 
 RAY_STORAGE_SUBDIR = "ray"  # Ray Train's run records, inside run_dir
+STOP_FILE = ".stop_requested"  # in run_dir: the driver's "save and stop" to its workers
+
+
+def stop_file(run_dir: str | Path) -> Path:
+    """Where the driver asks its workers to save and stop (run_dir is on storage every node shares)."""
+    return Path(run_dir) / STOP_FILE
+
+
+class _ForwardStop:
+    """In the driver's main thread: SIGTERM/SIGUSR1 write ``stop_file`` instead of killing the driver
+    (which would leave the workers training unsaved). Handlers are restored, and the file removed, on
+    exit; a request left from an earlier run is removed on entry, so it never stops this one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._previous = path, {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        from runtime.files import atomic_write_text
+
+        if not self.path.exists():
+            print(f"vidworld train (ray): {signal.Signals(signum).name}: asking the workers to save and stop",
+                  file=sys.stderr, flush=True)
+            atomic_write_text(self.path, f"{signal.Signals(signum).name}\n")
+
+    def __enter__(self) -> _ForwardStop:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self.path.unlink(missing_ok=True)
 
 
 def _worker_loop(config: dict[str, Any]) -> int:
@@ -101,14 +146,15 @@ def launch(config_path: str, overrides: list[str], cfg: Any) -> int:
             run_config=RunConfig(
                 name=run_dir.name or "train",
                 storage_path=str(run_dir / RAY_STORAGE_SUBDIR),
-                failure_config=FailureConfig(max_failures=0),
+                failure_config=FailureConfig(max_failures=int(cfg.launcher.max_failures)),
                 worker_runtime_env={"env_vars": env_vars},
             ),
         )
         print(f"vidworld train (ray): {num_workers} {'GPU' if use_gpu else 'CPU'} worker(s) on "
               f"{os.environ.get('RAY_ADDRESS') or 'a local Ray cluster'}; run_dir {run_dir}", flush=True)
         try:
-            result = trainer.fit()
+            with _ForwardStop(stop_file(run_dir)):
+                result = trainer.fit()
             error = result.error  # older Ray Train versions return the error instead of raising it
         except TrainingFailedError as e:
             error = e

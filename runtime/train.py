@@ -71,6 +71,7 @@ from runtime.health import FlatLoss, ThroughputDrop
 from runtime.metrics import Throughput, peak_flops, peak_memory_bytes
 from runtime.parallelize import parallelize
 from runtime.progress import Progress
+from runtime.ray_train import stop_file
 from runtime.task import TASKS, Task
 from runtime.tracking import Tracker, WandbConfig
 from runtime.watchdog import RankWatch, default_store
@@ -138,6 +139,9 @@ class LauncherConfig:
     kind: str = "local"  # local | ray
     num_workers: int = 2
     use_gpu: bool = False
+    # ray: times Ray Train restarts the workers after one dies (a lost node, an OOM kill); each restart
+    # resumes from run_dir's newest checkpoint. -1: without limit. (SLURM requeues on exit 75 instead.)
+    max_failures: int = 0
 
 
 @dataclasses.dataclass
@@ -251,6 +255,10 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError(f"trainer.throughput_drop must be in [0, 1) (0 = off), got {t.throughput_drop}")
     if cfg.launcher.kind not in ("local", "ray"):
         raise ConfigError(f"launcher.kind must be local or ray, got {cfg.launcher.kind!r}")
+    if cfg.launcher.max_failures < -1:
+        raise ConfigError(
+            f"launcher.max_failures must be -1 (no limit), 0 or more, got {cfg.launcher.max_failures}"
+        )
     if len(t.betas) != 2:
         raise ConfigError(f"trainer.betas must hold two numbers, got {t.betas}")
 
@@ -348,9 +356,12 @@ def build_engine(model: nn.Module, cfg: TrainConfig, info: DistInfo):
 class PreemptionSignal:
     """SIGTERM/SIGUSR1 set a flag; the loop saves at the next step boundary and exits 75.
 
-    Handlers are installed only in the main thread (a Ray Train worker may run us elsewhere; there
-    Ray delivers its own stop) and restored on ``close``, unless a stop was requested: then the
-    signals are ignored from ``close`` on, so that a repeated one (SLURM and schedulers repeat
+    Handlers are installed only in the main thread. A Ray Train worker runs the loop in another
+    thread, where no handler can be installed: there the driver, which gets the signal, writes
+    ``stop_file`` (``runtime.ray_train``), and ``requested`` turns true once it exists.
+
+    ``close`` restores the handlers, unless a stop was requested: then the signals are ignored from
+    ``close`` on, so that a repeated one (SLURM and schedulers repeat
     theirs) while the process closes W&B and exits does not kill it with 143 instead of the 75
     that says "requeue me". Ignored, not handled: Python resets its own handlers to the default
     while the interpreter shuts down, an ignored signal stays ignored.
@@ -358,15 +369,26 @@ class PreemptionSignal:
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, stop_file: Path | None = None) -> None:
+        self._requested = False
+        self.stop_file = stop_file
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
+    @property
+    def requested(self) -> bool:
+        if not self._requested and self.stop_file is not None and self.stop_file.exists():
+            self._requested = True
+        return self._requested
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        self._requested = value
+
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self._requested = True
 
     def close(self) -> None:
         if self.requested:  # on the way out with 75
@@ -768,7 +790,7 @@ def _train(cfg: TrainConfig, info: DistInfo, watch: RankWatch) -> int:
     t = cfg.trainer
     # First, so that a SIGUSR1/SIGTERM during the slow start (engine build, resume) is a request to
     # stop at the first step boundary, not the signal's default action of killing the process.
-    preempt = PreemptionSignal()
+    preempt = PreemptionSignal(stop_file(cfg.run_dir) if cfg.launcher.kind == "ray" else None)
     run_dir = Path(cfg.run_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from runtime import checkpoint as ckpt
+from runtime.ray_train import stop_file
 from tests.cluster_services import LAUNCHER_VARIABLES, REPO, RayCluster
 
 pytestmark = pytest.mark.integration
@@ -85,3 +89,66 @@ def test_ray_worker_error_reaches_stderr_with_nonzero_exit(ray_cluster, tmp_path
     # Whichever rank failed first is named, with the worker's own exception and message.
     assert re.search(r"rank [01]: ValueError: model.width=64 must be divisible by model.heads=3", res.stderr)
     assert ckpt.find_latest(tmp_path / "run") is None
+
+
+def _lines(proc: subprocess.Popen) -> list[str]:
+    """The driver's output so far, read by a thread as it comes (the test acts on what it says)."""
+    out: list[str] = []
+
+    def pump() -> None:
+        for line in proc.stdout:
+            out.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return out
+
+
+def _train_workers() -> list:
+    """Ray Train's worker processes on this machine (their titles name the worker actor)."""
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"]) if "TrainWorker" in " ".join(p.info["cmdline"] or [])]
+
+
+def _wait_for(what, timeout: float, proc: subprocess.Popen, out: list[str]):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out; driver exit {proc.poll()}:\n{''.join(out)[-4000:]}")
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_and_resumes_and_sigusr1_to_the_driver_saves_and_exits_75(
+    ray_cluster, tmp_path
+):
+    run_dir = tmp_path / "run"
+    cmd = [str(BIN / "vidworld"), "train", "jobs/reference.yaml", f"run_dir={run_dir}", "launcher.kind=ray",
+           "launcher.num_workers=2", "launcher.max_failures=1", "wandb.mode=disabled",
+           "trainer.max_steps=10000000", "trainer.save_every=50", "trainer.log_every=50"]
+    env = _env({"RAY_ADDRESS": ray_cluster.address, **ray_cluster.auth_env})
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    out = _lines(proc)
+    try:
+        first = _wait_for(lambda: ckpt.find_latest(run_dir), 180, proc, out)
+        _wait_for(_train_workers, 30, proc, out)[0].kill()  # a lost worker: Ray Train starts the group again
+        resumed = _wait_for(lambda: re.search(r"train: resumed from \S+ \(step (\d+)\)", "".join(out)), 180,
+                            proc, out)
+        assert int(resumed.group(1)) >= ckpt.read_meta(first)["step"]
+        after = len("".join(out)[: resumed.end()])
+        _wait_for(lambda: "train: saved" in "".join(out)[after:], 120, proc, out)  # training again
+        proc.send_signal(signal.SIGUSR1)
+        code = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(out)
+    assert code == 75, text[-4000:]
+    assert "SIGUSR1: asking the workers to save and stop" in text and "preempted at step" in text
+    latest = ckpt.find_latest(run_dir)
+    assert ckpt.read_meta(latest)["step"] > int(resumed.group(1))
+    assert not stop_file(run_dir).exists()  # a rerun is not stopped by this run's request
