@@ -814,7 +814,9 @@ def _train(cfg: TrainConfig, info: DistInfo, watch: RankWatch) -> int:
 
     tracker = progress = throughput = None
     if info.is_main:
-        peak, peak_source = peak_flops(info.device, t.precision, cache_dir=run_dir)
+        peak, peak_source = peak_flops(
+            info.device, t.precision, cache_dir=run_dir, local_world_size=info.local_world_size
+        )
         print(
             f"train: peak {peak / 1e12:.3g} TFLOP/s per device ({peak_source}); {info.world_size} process(es)"
         )
@@ -827,6 +829,7 @@ def _train(cfg: TrainConfig, info: DistInfo, watch: RankWatch) -> int:
         progress = Progress(
             "train", total=t.max_steps, unit="steps", interval=t.progress_interval, start=step
         )
+    barrier()  # the others wait, idle, while rank 0 measures the node's peak (runtime.metrics)
     flat_loss = FlatLoss(t.flat_loss_window, t.flat_loss_rel_tol)
     slow = ThroughputDrop(t.throughput_drop)
     # Under ZeRO-3 each rank holds only its shard: there is no replicated copy to compare.
