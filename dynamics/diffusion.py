@@ -184,7 +184,10 @@ class DiffusionDynamics(DynamicsHead):
         ``x0``, ``prev`` ``[B, T, h, w, C]``. Frame 0 keeps its zeros, frame 1 the true frame 0."""
         b, t = x0.shape[:2]
         chosen = torch.rand(b, device=x0.device) < p
-        if not chosen.any() or t < 3:
+        # Not skipped when no clip of this batch is chosen: under ZeRO-3 every rank must run the same
+        # modules in the same order (each forward gathers their parameters collectively), and another
+        # rank's batch may have chosen clips. Only what is the same everywhere may skip it.
+        if p <= 0 or t < 3:
             return prev
         noise = torch.randn_like(x0)
         pred = self.predict(noise, torch.ones(b, t, device=x0.device), actions, prev=prev)

@@ -24,6 +24,7 @@ from tests.dynamics.dotworld import as_latents, dot_world
 
 REPO = Path(__file__).resolve().parents[2]
 VIDWORLD = str(Path(sys.executable).parent / "vidworld")
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 
 def test_group_actions_gives_each_latent_frame_the_actions_that_produced_it():
@@ -120,9 +121,10 @@ def test_vidworld_train_runs_the_dynamics_yaml_on_latent_shards(tmp_path, head):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
-def vidworld_train(job: str, overrides: list[str]) -> None:
-    """``vidworld train jobs/JOB overrides`` in a child process, alone on one CPU thread, no W&B keys
-    or distributed settings from the test's environment; the config validates first."""
+def vidworld_train(job: str, overrides: list[str], nproc: int = 1) -> None:
+    """``vidworld train jobs/JOB overrides`` in a child process (under torchrun with ``nproc`` > 1), each
+    on one CPU thread, no W&B keys or distributed settings from the test's environment; the config
+    validates first."""
     load_train_config(REPO / "jobs" / job, overrides)  # the YAML and the overrides validate
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RANK", "LOCAL_RANK", "SLURM_"))
@@ -130,8 +132,9 @@ def vidworld_train(job: str, overrides: list[str]) -> None:
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for k in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
+    launch = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", VIDWORLD] if nproc > 1 else [VIDWORLD]
     proc = subprocess.run(
-        [VIDWORLD, "train", str(REPO / "jobs" / job), *overrides],
+        [*launch, "train", str(REPO / "jobs" / job), *overrides],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -141,10 +144,12 @@ def vidworld_train(job: str, overrides: list[str]) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def train_dynamics_yaml(tmp_path: Path, shards: Path, head: str, *extra: str) -> dict[int, dict]:
+def train_dynamics_yaml(
+    tmp_path: Path, shards: Path, head: str, *extra: str, nproc: int = 1, run: str = "run"
+) -> dict[int, dict]:
     """``vidworld train jobs/dynamics.yaml`` for 6 steps on dot-world ``shards``: its metric rows."""
     overrides = [
-        f"run_dir={tmp_path / 'run'}",
+        f"run_dir={tmp_path / run}",
         f"data.shards={shards}",
         f"model.head={head}",
         "model.latent_channels=1",
@@ -159,8 +164,36 @@ def train_dynamics_yaml(tmp_path: Path, shards: Path, head: str, *extra: str) ->
         "wandb.mode=disabled",
         *extra,
     ]
-    vidworld_train("dynamics.yaml", overrides)
-    rows = read_metrics(tmp_path / "run")
+    vidworld_train("dynamics.yaml", overrides, nproc=nproc)
+    rows = read_metrics(tmp_path / run)
     assert sorted(rows) == [2, 4, 6]
     assert all(math.isfinite(r["train/loss"]) for r in rows.values())
     return rows
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_process_dynamics_training_is_the_same_at_zero0_zero2_and_zero3(tmp_path):
+    """The real task, not only the reference one, under ZeRO: the same 2 ranks (same data, same noise)
+    give the same losses and weights whether the optimizer state, the gradients or the parameters too
+    are partitioned (ZeRO-3 with activation checkpointing). One process cannot match them exactly:
+    each rank draws its own diffusion noise and reads its own shards."""
+    from safetensors.torch import load_file
+
+    shards = tmp_path / "latents"
+    write_latent_shards(shards, "diffusion", clips=16)
+    stages = {
+        "zero0": ["trainer.zero_stage=0"],
+        "zero2": ["trainer.zero_stage=2"],
+        "zero3": ["trainer.zero_stage=3", "trainer.activation_checkpointing=true"],
+    }
+    losses, weights = {}, {}
+    for name, extra in stages.items():
+        rows = train_dynamics_yaml(tmp_path, shards, "diffusion", *extra, nproc=2, run=name)
+        losses[name] = [rows[s]["train/loss"] for s in sorted(rows)]
+        weights[name] = load_file(tmp_path / name / "model.safetensors")
+    for name in ("zero2", "zero3"):
+        assert losses[name] == pytest.approx(losses["zero0"], rel=1e-5), name
+        assert weights[name].keys() == weights["zero0"].keys(), name
+        for key, w in weights["zero0"].items():
+            torch.testing.assert_close(weights[name][key], w, rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
