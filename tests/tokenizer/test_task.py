@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from pipeline.shards import ShardWriter
 from runtime.config import ConfigError
 from runtime.parallelize import build_on_meta, materialize
+from runtime.tracking import read_metrics
 from runtime.train import load_train_config
 from runtime.video import VideoClip, encode_mp4
 from tokenizer import load_tokenizer
@@ -119,3 +120,42 @@ def test_vidworld_train_runs_the_tokenizer_task_and_its_run_folder_loads(tmp_pat
     assert videos, sorted(p.name for p in run_dir.rglob("*"))
     with av.open(str(videos[0])) as container:
         assert float(container.streams.video[0].average_rate) == pytest.approx(15.0)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_process_tokenizer_training_is_the_same_at_zero0_and_zero3(tmp_path):
+    """The real task under ZeRO-3 (parameters partitioned over the 2 ranks, gathered per module):
+    the same losses and weights as the same 2 ranks at ZeRO-0."""
+    from tests.runtime.train_helpers import TORCHRUN, VIDWORLD, train_env
+
+    _write_shards(tmp_path / "curated")
+    losses, weights = {}, {}
+    for stage in (0, 3):
+        run_dir = tmp_path / f"zero{stage}"
+        cmd = [
+            TORCHRUN,
+            "--standalone",
+            "--nproc_per_node=2",
+            VIDWORLD,
+            "train",
+            str(YAML),
+            f"run_dir={run_dir}",
+            f"data.shards={tmp_path / 'curated'}",
+            *TINY,
+            "trainer.max_steps=4",
+            "trainer.save_every=4",
+            "trainer.log_every=1",
+            "trainer.warmup_steps=1",
+            f"trainer.zero_stage={stage}",
+            "wandb.mode=disabled",
+        ]
+        proc = subprocess.run(cmd, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        rows = read_metrics(run_dir)
+        losses[stage] = [rows[s]["train/loss"] for s in sorted(rows)]
+        weights[stage] = load_file(str(run_dir / "model.safetensors"))
+    assert len(losses[0]) == 4 and losses[3] == pytest.approx(losses[0], rel=1e-5)
+    assert weights[3].keys() == weights[0].keys()
+    for key, w in weights[0].items():
+        torch.testing.assert_close(weights[3][key], w, rtol=1e-5, atol=1e-6, msg=key)
