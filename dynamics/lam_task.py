@@ -97,6 +97,13 @@ class LAMTask(LatentShardTask):
             "short_clips": x.shape[0] if t < cfg.max_frames else 0,
         }
 
+    def example_batch(self, batch_size: int) -> dict[str, Any]:
+        """A random micro-batch of ``max_frames`` latent frames as ``prepare`` returns it, without
+        labels (``runtime.task.Task``; for the memory plan)."""
+        cfg = self.cfg
+        x = torch.randn(batch_size, cfg.latent_channels, cfg.max_frames, cfg.latent_height, cfg.latent_width)
+        return {"x": x, "labels": None, "keys": [], "short_clips": 0}
+
     # -- training ----------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor | float]:
         """The model's loss dict (``loss``, ``recon_mse``, ``copy_last_mse``, ``code_perplexity``,

@@ -224,6 +224,24 @@ class DynamicsTask(LatentShardTask):
             "short_clips": x.shape[0] if t < cfg.max_frames else 0,
         }
 
+    def example_batch(self, batch_size: int) -> dict[str, Any]:
+        """A random micro-batch of ``max_frames`` latent frames as ``prepare`` returns it, every clip
+        labelled (``runtime.task.Task``; for the memory plan)."""
+        cfg, b, t = self.cfg, batch_size, self.cfg.max_frames
+        grid = (cfg.latent_height, cfg.latent_width)
+        if cfg.is_discrete:
+            x = torch.randint(0, cfg.codebook_size, (b, t, *grid))
+        else:
+            x = torch.randn(b, cfg.latent_channels, t, *grid)
+        tau = cfg.temporal_compression
+        actions = None
+        if cfg.action_type == "discrete":
+            actions = torch.randint(0, cfg.num_actions, (b, t, tau))
+        elif cfg.action_type == "continuous":
+            actions = torch.randn(b, t, tau, cfg.action_dim)
+        labeled = torch.ones(b, dtype=torch.bool)
+        return {"x": x, "actions": actions, "keys": [], "labeled": labeled, "short_clips": 0}
+
     def labeled(self, batch: dict[str, Any]) -> Tensor:
         """Bool ``[B]``: which clips of a loader batch train with their action labels (they have
         them, and ``label_fraction`` keeps them)."""

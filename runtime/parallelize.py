@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,21 +51,26 @@ def task_blocks(task: Any, model: nn.Module) -> list[nn.Module]:
     )
 
 
-def apply_activation_checkpointing(blocks: list[nn.Module], indices: list[int]) -> int:
+def apply_activation_checkpointing(
+    blocks: list[nn.Module], indices: list[int], context_fn: Callable[[], tuple[Any, Any]] | None = None
+) -> int:
     """Recompute the chosen blocks' activations in backward instead of storing them (all when
     ``indices`` is empty); returns how many blocks were wrapped.
 
     Non-reentrant checkpointing attached by forward hooks (``torch.distributed._composable``): the
     block's ``forward`` and parameter names are untouched, so a checkpoint written with it loads
     without it, and ZeRO-3's own hooks still gather parameters for the recomputation.
+    ``context_fn`` (``torch.utils.checkpoint``'s: the forward's and the recomputation's context
+    managers) lets ``runtime.memory`` run the recomputation under its attention stand-in.
     """
     chosen = range(len(blocks)) if not indices else indices
     for i in chosen:
         if not 0 <= i < len(blocks):
             raise ConfigError(f"trainer.checkpoint_blocks has {i} but the model has {len(blocks)} blocks")
+    extra = {} if context_fn is None else {"context_fn": context_fn}
     for i in chosen:
         if not is_checkpointed(blocks[i]):
-            composable_checkpoint(blocks[i])
+            composable_checkpoint(blocks[i], **extra)
     return len(chosen)
 
 

@@ -114,6 +114,14 @@ class ReferenceTask:
         seq = (start + stride * torch.arange(t + 1)) % v
         return {"tokens": seq[:, :-1], "targets": seq[:, 1:]}
 
+    def example_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """A random micro-batch of ``batch_size`` sequences (``runtime.task.Task``; for the memory plan)."""
+        shape = (batch_size, self.cfg.seq_len)
+        return {
+            "tokens": torch.randint(0, self.cfg.vocab_size, shape),
+            "targets": torch.randint(0, self.cfg.vocab_size, shape),
+        }
+
     def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
         """Global micro-batches ``consumed + k * world_size + rank``: the position is global, so a run
         resumed on another number of processes reads on where the saved run stopped."""

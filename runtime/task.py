@@ -39,6 +39,11 @@ class Task(Protocol):
     in activation checkpointing (``trainer.activation_checkpointing``). Without it the runtime
     uses ``model.blocks`` when that is an ``nn.ModuleList``.
 
+    Optional: ``example_batch(batch_size) -> batch``, a micro-batch of ``batch_size`` samples of the
+    training shape, as ``batches`` yields it, with random content and no files read: the memory plan
+    (``runtime.memory``, ``vidworld plan-memory``) builds it under ``torch.device("meta")`` and runs
+    ``loss`` on it to measure activations. Without it the plan has no activation figures.
+
     ``loss`` receives the wrapped model (call it like the plain module; under ZeRO-3 its
     parameters are sharded, so read ``p.device``, never ``p.shape``); ``eval_media`` receives the
     plain model (its methods as well as its forward). Neither unwraps anything. ``batches`` is

@@ -125,6 +125,11 @@ class TrainerConfig:
     replica_check_every: int = 100  # steps between comparing the replicated weights over ranks; 0 = off
     replica_check_tol: float = 1e-9  # relative spread of the ranks' weight checksums that warns
     throughput_drop: float = 0.5  # warn when a step's rate falls below this fraction of its median; 0 = off
+    # The memory plan (runtime.memory) before anything is built. memory_check: error = refuse a run whose
+    # plan exceeds the device, warn = print and go on, off = no plan; auto = error on a GPU, off on CPU
+    # (error/warn there check the host's RAM over its ranks). dry_run: print the plan, stop (exit 0).
+    memory_check: str = "auto"  # auto | error | warn | off
+    dry_run: bool = False
     debug_nan_steps: list[int] = dataclasses.field(default_factory=list)  # test hook: NaN loss at these steps
     debug_desync_steps: list[int] = dataclasses.field(
         default_factory=list
@@ -261,6 +266,8 @@ def _check(cfg: TrainConfig) -> None:
         )
     if len(t.betas) != 2:
         raise ConfigError(f"trainer.betas must hold two numbers, got {t.betas}")
+    if t.memory_check not in ("auto", "error", "warn", "off"):
+        raise ConfigError(f"trainer.memory_check must be auto, error, warn or off, got {t.memory_check!r}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -519,6 +526,10 @@ def train(cfg: TrainConfig) -> int:
         exit_code=PREEMPTED_EXIT_CODE,
     )
     try:
+        from runtime.memory import check_before_launch  # here: runtime.memory builds on this module
+
+        if check_before_launch(cfg, info) is not None:  # trainer.dry_run: plan printed, nothing written
+            return 0
         with hold_run_dir(Path(cfg.run_dir), info):
             code = _train(cfg, info, watch)
         if code == PREEMPTED_EXIT_CODE:

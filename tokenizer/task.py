@@ -103,6 +103,12 @@ class TokenizerTask:
         start = 0 if generator is None else int(torch.randint(0, t - n + 1, (1,), generator=generator))
         return from_uint8(frames[:, start : start + n, top : top + h, left : left + w])
 
+    def example_batch(self, batch_size: int) -> dict[str, Any]:
+        """A random micro-batch as ``batches`` yields it: ``{"video": float [B, 3, clip_frames, H, W]
+        in [-1, 1], "fps": None}`` (``runtime.task.Task``; for the memory plan)."""
+        h, w = self.cfg.clip_size
+        return {"video": torch.rand(batch_size, 3, self.cfg.clip_frames, h, w) * 2 - 1, "fps": None}
+
     def batches(self, rank: int, world_size: int, seed: int, state: dict | None) -> Iterator[Any]:
         self._loader = make_loader(self.data_cfg, rank, world_size, seed, state)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)

@@ -21,6 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "curate": ("pipeline.curate:cli", "raw video -> WebDataset clip shards + manifest (Ray Data)"),
     "train": ("runtime.launch:cli", "train a model (tokenizer or dynamics) with the shared runtime"),
+    "plan-memory": (
+        "runtime.memory:cli",
+        "CONFIG gpus=N gpu_memory=80GiB: per-GPU memory of a training config (parameters, gradients, "
+        "optimizer state, activations, attention) and the largest micro-batch that fits",
+    ),
     "tokenize": ("tokenizer.tokenize:cli", "encode clip shards into latent shards (Ray Data)"),
     "rollout": ("dynamics.rollout:cli", "imagine future frames from real context and write a video"),
     "evaluate": ("dynamics.evaluate:cli", "compounding-error curve of a dynamics model on held-out clips"),
