@@ -56,6 +56,17 @@ def encode_mp4(
     return buf.getvalue()
 
 
+def _rgb(frame: av.VideoFrame) -> np.ndarray:
+    """``uint8 [H, W, 3]``, scaled on this thread alone. PyAV >= 18.1.1 keeps one scaler per thread
+    for the process's life, and FFmpeg 8 gives it a pool of slice threads unless told one: a process
+    forked after that (a DataLoader worker) inherits a scaler whose threads are gone and hangs in
+    its first conversion. Older PyAV has no ``threads`` and scales on one thread anyway."""
+    try:
+        return frame.to_ndarray(format="rgb24", threads=1)
+    except TypeError:
+        return frame.to_ndarray(format="rgb24")
+
+
 def decode_mp4(data: bytes | str | os.PathLike, threads: int = 0) -> np.ndarray:
     """Decode every frame of a video (bytes or a path) to ``uint8 [T, H, W, 3]`` RGB.
 
@@ -70,7 +81,7 @@ def decode_mp4(data: bytes | str | os.PathLike, threads: int = 0) -> np.ndarray:
         if threads:
             stream.thread_type = "AUTO"
             stream.thread_count = threads
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        frames = [_rgb(f) for f in container.decode(stream)]
     if not frames:
         raise ValueError("video stream has no decodable frames")
     return np.stack(frames)
