@@ -73,7 +73,15 @@ from pipeline.manifest import (
 )
 from pipeline.probe import BadInput, FrameReader, is_io_fault, probe
 from pipeline.scenes import CutConfig, CutDetector
-from pipeline.shards import FORMAT_VERSION, SHARD_PATTERN, SHARDS_DIR, ShardWriter, add_sample, shard_paths
+from pipeline.shards import (
+    FORMAT_VERSION,
+    SHARD_PATTERN,
+    SHARDS_DIR,
+    ShardWriter,
+    add_sample,
+    index_path,
+    shard_paths,
+)
 from runtime.config import ConfigError, load_config
 from runtime.files import FolderBusy, atomic_open, atomic_write_text, folder_lock
 from runtime.progress import Progress
@@ -515,7 +523,7 @@ def pack(
     splits = split_sources(has_actions, cfg.heldout_fraction, cfg.seed)
     shard_dir = out / SHARDS_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
-    _clean_temporaries(shard_dir, ["shard-*.tar"])
+    _clean_temporaries(shard_dir, ["shard-*.tar", "shard-*.index.json"])
     with ShardWriter(shard_dir, cfg.samples_per_shard) as writer:
         for source_id in sorted(staged):
             row, clips = staged[source_id]
@@ -528,6 +536,7 @@ def pack(
                 writer.write(key, {**members, "json": meta})
     for stale in sorted(shard_dir.glob("shard-*.tar"))[len(writer.written) :]:  # left by a bigger run
         stale.unlink()
+        Path(index_path(str(stale))).unlink(missing_ok=True)
     return rows, writer.sha256
 
 

@@ -1,16 +1,25 @@
-"""Stream WebDataset shards into training batches: clips (mp4) or latents (npy), split over ranks and workers.
+"""Stream WebDataset shards into training batches: clips (mp4) or latents (npy), dealt over ranks and workers.
 
 One pass over the data is an *epoch*. The epoch number and the seed fix everything random: the
-order of shards and the shuffle buffer. So the same ``(seed, epoch)`` gives the same batches (for
-the same ``world_size`` and ``num_workers``, which decide how the data is dealt), the next epoch
-gives a new order, and a run resumed from ``state_dict()`` starts at an epoch it has not
-seen instead of replaying the one it was in.
+order of shards and each stream's shuffle buffer. So the same ``(seed, epoch)`` gives the same
+batches (for the same ``world_size`` and ``num_workers``, which decide how the data is dealt), and
+the next epoch gives a new order.
 
 Where the data goes. Every (rank, DataLoader worker) pair is one *stream*; there are
-``world_size * max(num_workers, 1)`` of them. With at least as many shards as streams, each stream
-reads ``shards[stream::n_streams]`` of the epoch's shard order; with fewer shards, every stream
-reads all shards and keeps every ``n_streams``-th sample. Either way each clip goes to exactly one
-stream per epoch (ranks may get different numbers of batches when shards differ in size).
+``world_size * max(num_workers, 1)`` of them. The split, ``require`` and ``num_frames`` filters are
+applied first, from the shard indexes (``pipeline.shards``: each shard's keys, members, split and
+frame count, written beside it, or scanned from the tar when missing), so no tar is read to plan.
+In each epoch the samples that pass are taken in the epoch's order (shards permuted, samples in
+tar order) and cut into one contiguous run per stream, the runs' lengths within one of each other:
+every rank gets an equal share of the usable samples whatever the shards hold, and each clip goes
+to exactly one stream per epoch. A stream reads only the shards its run touches and emits its run
+through a shuffle buffer.
+
+Resuming. ``state_dict()`` holds each stream's position (its epoch and how many of that epoch's
+samples it has consumed: counted when a batch is delivered, not when a worker reads ahead). Loaded
+in the same layout, every stream goes on exactly where it stopped; in another layout, the samples
+of each epoch begun that no stream had consumed are dealt afresh over the new streams (``Plan``), so
+an interrupted-and-resumed run sees the same samples as an uninterrupted one, none twice.
 
 - ``resampled=True`` (training): epochs follow each other without end, each a fresh permutation
   (not draws with replacement, so every clip comes once per epoch); a partial batch carries over
@@ -20,31 +29,39 @@ stream per epoch (ranks may get different numbers of batches when shards differ 
 - ``shuffle_buffer=0`` turns all shuffling off (shards in sorted order, samples in tar order).
 
 Members are decoded by extension: ``.mp4`` -> frames ``uint8 [T, H, W, 3]``, ``.npy`` -> array,
-``.json`` -> dict, ``.txt`` -> str, anything else stays bytes. A sample that fails to decode, or whose
-per-frame arrays disagree with its frame count, is *corrupt*: it is logged, counted and skipped.
+``.json`` -> dict, ``.txt`` -> str, anything else stays bytes. A sample that fails to decode, whose
+per-frame arrays disagree with its frame count, or that its shard's index lists but the tar lacks,
+is *corrupt*: it is logged, counted and skipped.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import glob
+import hashlib
 import io
+import itertools
 import json
 import logging
 import multiprocessing
 import os
 import random
 import re
-from collections.abc import Collection, Iterator, Sequence
+import tarfile
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import braceexpand
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from pipeline.shards import index_entry, index_path
 from runtime.video import decode_mp4
 
 log = logging.getLogger(__name__)
@@ -304,7 +321,135 @@ def collate(samples: list[dict[str, Any]], optional: Collection[str] = ()) -> di
 
 
 # ---------------------------------------------------------------------------------------------------
-# The dataset a DataLoader (one per rank) iterates
+# The index: every shard's samples, and the ones this config uses
+
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # WebDataset's split of a member name: key, ext
+
+
+def _scan_rows(tar: tarfile.TarFile, url: str) -> tuple[list[dict[str, Any]], int]:
+    """Index rows of an open tar from its headers and JSON members; and 1 when it ends in an error."""
+    rows: list[dict[str, Any]] = []
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    errors = 0
+    try:
+        for info in tar:
+            match = _KEY_EXT.match(info.name) if info.isfile() else None
+            if match is None:
+                continue
+            name, ext = match.groups()
+            if name != key:
+                if key is not None:
+                    rows.append(index_entry(key, members))
+                key, members = name, {}
+            reader = tar.extractfile(info) if ext == "json" else None
+            members[ext] = reader.read() if reader is not None else b""
+    except (tarfile.TarError, OSError, EOFError) as e:
+        log.warning("loader: shard %s is cut short or damaged (%s); indexing what precedes", url, e)
+        errors = 1
+    if key is not None:
+        rows.append(index_entry(key, members))
+    return rows, errors
+
+
+def shard_index(url: str) -> tuple[list[dict[str, Any]], int]:
+    """A shard's samples in tar order (rows as ``pipeline.shards`` describes them) and how many read
+    errors indexing met: from the index beside the shard when it is there and matches the shard's
+    size, else by scanning the tar (headers and JSON members only; a local tar's other members are
+    skipped by seeking, a remote one is streamed once)."""
+    remote = _is_url(url)
+    if not url.startswith("pipe:"):
+        try:
+            if remote:
+                with gopen(index_path(url)) as f:
+                    body = json.loads(f.read())
+            else:
+                with open(index_path(url), encoding="utf-8") as f:
+                    body = json.load(f)
+            if isinstance(body.get("samples"), list) and (remote or body.get("size") == os.path.getsize(url)):
+                return body["samples"], 0
+        except Exception:  # no index, or one that does not parse: scan the tar instead
+            pass
+    try:
+        if remote:
+            with gopen(url, bufsize=1 << 20) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+                return _scan_rows(tar, url)
+        with tarfile.open(url, mode="r:") as tar:
+            return _scan_rows(tar, url)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        log.warning("loader: cannot read shard %s (%s); it gives no clips", url, e)
+        return [], 1
+
+
+class DatasetIndex:
+    """Which samples one ``LoaderConfig`` uses, in *canonical order* (shards in the order given,
+    samples in tar order): sample ``p`` is ``keys[shard[p]][ordinal[p]]``. The split, ``require``
+    and ``num_frames`` filters are applied here, from the shard indexes, before any tar is read, so
+    that every stream can be dealt an equal share of the samples that pass them.
+
+    ``short``: clips left out as shorter than ``num_frames``; ``bad``: samples whose JSON does not
+    parse plus shards that could not be read to the end. ``digest`` names the usable samples
+    (shard file names and keys): a checkpoint's loader position only applies to the same samples.
+    """
+
+    def __init__(self, urls: list[str], cfg: LoaderConfig) -> None:
+        self.urls = urls
+        self.keys: list[list[str]] = []
+        self.short = self.bad = 0
+        shards: list[int] = []
+        ordinals: list[int] = []
+        digest = hashlib.sha256()
+        for i, url in enumerate(urls):
+            rows, errors = shard_index(url)
+            self.bad += errors
+            self.keys.append([row["key"] for row in rows])
+            name = url.rstrip("/").rsplit("/", 1)[-1]
+            for j, row in enumerate(rows):
+                if row.get("bad_json"):
+                    log.warning("loader: corrupt %s in %s: its JSON does not parse", row["key"], url)
+                    self.bad += 1
+                    continue
+                if cfg.split is not None and row.get("split") != cfg.split:
+                    continue
+                exts = row.get("members", [])
+                names = {_field_name(e) for e in exts} | {_batch_field(e) for e in exts}
+                if not all(name in names for name in cfg.require):
+                    continue
+                if cfg.num_frames is not None:
+                    if "mp4" not in exts:
+                        raise ValueError(
+                            f"sample {row['key']!r} in {url} has no .mp4: num_frames cannot crop latent "
+                            "samples (the latent time axis depends on the tokenizer); set "
+                            "data.num_frames=null for latent shards"
+                        )
+                    frames = row.get("num_frames")
+                    if frames is not None and frames < cfg.num_frames:
+                        self.short += 1
+                        continue
+                shards.append(i)
+                ordinals.append(j)
+                digest.update(f"{name}/{row['key']}\n".encode())
+        self.shard = np.asarray(shards, np.int64)
+        self.ordinal = np.asarray(ordinals, np.int64)
+        self.digest = digest.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def epoch_order(self, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+        """The usable samples in the order an epoch reads them: shards in the epoch's permutation
+        (sorted when ``shuffle`` is off), each shard's samples in tar order."""
+        if not shuffle:
+            return np.arange(len(self))
+        perm = list(range(len(self.urls)))
+        _rng(seed, epoch, "shards").shuffle(perm)
+        place = np.empty(len(perm), np.int64)
+        place[perm] = np.arange(len(perm))
+        return np.argsort(place[self.shard], kind="stable")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dealing: who reads what, in which order
 
 
 def _rng(seed: int, epoch: int, what: str) -> random.Random:
@@ -312,156 +457,237 @@ def _rng(seed: int, epoch: int, what: str) -> random.Random:
     return random.Random(f"vidworld.loader/{seed}/{epoch}/{what}")
 
 
-class ShardStream(IterableDataset):
-    """One rank's samples as an iterable of batches; each DataLoader worker takes its own stream.
+def _shuffled(items: Iterable[Any], rng: random.Random, size: int) -> Iterator[Any]:
+    """A shuffle buffer of ``size`` items (none when ``size <= 0``); a pure function of its inputs."""
+    if size <= 0:
+        yield from items
+        return
+    buf: list[Any] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
 
-    Yields ``collate()`` batches with one more field, ``"epoch"``: the newest epoch among its clips.
+
+@dataclass
+class Plan:
+    """The deal: in epoch ``e`` the usable samples not yet consumed (``done[e]``, set by a resume in
+    another layout) are taken in the epoch's reading order and cut into ``streams`` contiguous runs
+    whose lengths differ by at most one; stream ``s`` reads run ``s`` and emits it through its own
+    shuffle buffer. Everything follows from the index, the seed and ``done``: no tar is read to plan."""
+
+    index: DatasetIndex
+    seed: int
+    streams: int
+    buffer: int
+    done: dict[int, np.ndarray] = field(default_factory=dict)
+    _cache: tuple[int, np.ndarray] | None = field(default=None, repr=False)
+
+    def remaining(self, epoch: int) -> np.ndarray:
+        if self._cache is None or self._cache[0] != epoch:
+            order = self.index.epoch_order(self.seed, epoch, self.buffer > 0)
+            done = self.done.get(epoch)
+            self._cache = (epoch, order if done is None else order[~done[order]])
+        return self._cache[1]
+
+    def stream_order(self, epoch: int, stream: int) -> tuple[list[int], list[int]]:
+        """``(emit, read)``: stream ``stream``'s samples of ``epoch`` in the order it delivers them,
+        and in the order it reads them."""
+        order = self.remaining(epoch)
+        n = len(order)
+        run = order[stream * n // self.streams : (stream + 1) * n // self.streams].tolist()
+        return list(_shuffled(run, _rng(self.seed, epoch, f"buffer/{stream}"), self.buffer)), run
+
+    def consumed(self, cursors: dict[int, tuple[int, int]]) -> dict[int, np.ndarray]:
+        """Per epoch begun and not finished, which samples the streams at ``cursors`` (stream ->
+        (epoch, samples of its emit order consumed)) had consumed; a stream with no cursor is taken
+        to be at the start of the oldest epoch (so its samples come again, rather than never)."""
+        lo = min(e for e, _ in cursors.values())
+        hi = max(e for e, _ in cursors.values())
+        out = {}
+        for epoch in range(lo, hi + 1):
+            done = self.done.get(epoch, np.zeros(len(self.index), bool)).copy()
+            for stream in range(self.streams):
+                e, k = cursors.get(stream, (lo, 0))
+                if e >= epoch:
+                    emit, _ = self.stream_order(epoch, stream)
+                    done[emit if e > epoch else emit[:k]] = True
+            if not done.all():
+                out[epoch] = done
+        return out
+
+
+def _pack(done: np.ndarray) -> str:
+    return base64.b64encode(np.packbits(done).tobytes()).decode("ascii")
+
+
+def _unpack(text: str, n: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))[:n]
+    if len(bits) != n:
+        raise ValueError(f"a loader bitmap holds {len(bits)} samples, the data {n}")
+    return bits.astype(bool)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The dataset a DataLoader (one per rank) iterates
+
+
+class ShardStream(IterableDataset):
+    """One rank's samples as an iterable of batches; each DataLoader worker is its own stream.
+
+    Yields ``collate()`` batches with three more fields: ``"epoch"`` (the newest epoch among its
+    clips), and for the ``ClipLoader``, ``"_stream"`` and ``"_cursor"`` (the stream's position after
+    the batch: ``(epoch, samples of that epoch's emit order consumed)``).
     """
 
     def __init__(
         self,
-        urls: list[str],
+        plan: Plan,
         cfg: LoaderConfig,
         rank: int,
-        world_size: int,
-        seed: int,
-        start_epoch: int,
+        start: dict[int, tuple[int, int]],
         counters: Any,
+        turn: int = 0,
     ) -> None:
         super().__init__()
-        self.urls, self.cfg, self.rank, self.world_size = urls, cfg, rank, world_size
-        self.seed, self.start_epoch = seed, start_epoch
+        self.plan, self.cfg, self.rank, self.start = plan, cfg, rank, start
+        # The DataLoader takes batches from its workers in turn starting at worker 0: worker w reads
+        # the rank's stream (w + turn) % workers, so a resumed rank goes on with the stream whose turn it was.
+        self.turn = turn
         self.counters = counters  # shared multiprocessing array: [corrupt, too_short]
 
     def _count(self, index: int) -> None:
         with self.counters.get_lock():
             self.counters[index] += 1
 
-    def _handler(self, count: bool):
-        def handle(exn: Exception) -> bool:
-            log.warning("loader: skipping unreadable shard data: %s", exn)
-            if count:
-                self._count(0)
-            return True  # go on with the next member or shard
+    @staticmethod
+    def _handle(exn: Exception) -> bool:
+        log.warning("loader: skipping unreadable shard data: %s", exn)
+        return True  # go on with the next member or shard; the samples lost are counted as missing
 
-        return handle
-
-    def _read_shard(self, url: str, count_errors: bool) -> Iterator[dict[str, Any]]:
-        handler = self._handler(count_errors)
+    def _read_shard(self, url: str) -> Iterator[dict[str, Any]]:
         try:
             stream = gopen(url, bufsize=1 << 20)  # shards are read start to end: large reads
         except Exception as e:
-            handler(e)
+            self._handle(e)
             return
         try:
-            files = tar_file_expander([{"url": url, "stream": stream}], handler=handler)
-            yield from group_by_keys(files, handler=handler)
+            files = tar_file_expander([{"url": url, "stream": stream}], handler=self._handle)
+            yield from group_by_keys(files, handler=self._handle)
         finally:
             stream.close()
 
-    def raw_samples(self, epoch: int, stream: int, n_streams: int) -> Iterator[dict[str, Any]]:
-        """Undecoded samples (``__key__``, ``__url__``, ``ext -> bytes``) of one stream in one epoch."""
-        urls = list(self.urls)
-        if self.cfg.shuffle_buffer > 0:
-            _rng(self.seed, epoch, "shards").shuffle(urls)
-        if len(urls) >= n_streams:
-            for url in urls[stream::n_streams]:
-                yield from self._read_shard(url, count_errors=True)
-            return
-        # Fewer shards than streams: everyone reads everything and keeps its share of samples.
-        index = 0
-        for url in urls:
-            for sample in self._read_shard(url, count_errors=stream == 0):
-                if index % n_streams == stream:
-                    yield sample
-                index += 1
+    def _read(self, reading: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(sample, raw sample)`` for the samples ``reading`` (in reading order) that the tars hold;
+        each shard is read from its start and left once its last wanted sample has passed."""
+        index = self.plan.index
+        for shard, group in itertools.groupby(reading, key=lambda p: int(index.shard[p])):
+            wanted = {int(index.ordinal[p]): p for p in group}
+            last, keys, at = max(wanted), index.keys[shard], 0
+            with contextlib.closing(self._read_shard(index.urls[shard])) as raws:
+                for raw in raws:
+                    try:  # the first sample at or after `at` with this key (the index is in tar order)
+                        at = keys.index(raw["__key__"], at) + 1
+                    except ValueError:
+                        continue
+                    if at - 1 in wanted:
+                        yield wanted[at - 1], raw
+                    if at > last:
+                        break
 
-    def _selected(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Parse the JSON and apply the split and ``require`` filters before anything heavy is decoded."""
-        for raw in samples:
-            try:
-                meta = json.loads(raw.get("json", b"{}"))
-            except (ValueError, UnicodeDecodeError) as e:
-                log.warning("loader: corrupt %s in %s: bad JSON: %s", raw["__key__"], raw["__url__"], e)
+    def _emitted(
+        self, emit: list[int], reading: list[int], start: int
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(i, decoded sample)`` for ``emit[start:]`` in that order, read in ``reading`` order: a
+        sample read ahead of its turn waits (no longer than a shuffle buffer's worth), and one that
+        the tar turns out not to hold, or that does not decode, is counted and skipped."""
+        need = set(emit[start:])
+        reading = [p for p in reading if p in need]
+        rank = {p: r for r, p in enumerate(reading)}
+        reader = self._read(reading)
+        have: dict[int, dict[str, Any]] = {}
+        last = -1
+        for i in range(start, len(emit)):
+            p = emit[i]
+            while p not in have and last < rank[p]:
+                got = next(reader, None)
+                if got is None:
+                    last = len(reading)
+                    break
+                last = rank[got[0]]
+                have[got[0]] = got[1]
+            raw = have.pop(p, None)
+            if raw is None:
+                key = self.plan.index.keys[int(self.plan.index.shard[p])][int(self.plan.index.ordinal[p])]
+                log.warning("loader: sample %s is in the shard index but not in the shard; skipped", key)
                 self._count(0)
                 continue
-            split = meta.get("split") if isinstance(meta, dict) else None
-            if self.cfg.split is not None and split != self.cfg.split:
-                continue
-            if self.cfg.require and not all(
-                any(_field_name(ext) == name for ext in raw if not ext.startswith("__"))
-                for name in self.cfg.require
-            ):
-                continue
-            if self.cfg.fields is not None:
-                keep = set(self.cfg.fields)
-                raw = {
-                    ext: v
-                    for ext, v in raw.items()
-                    if ext.startswith("__") or ext == "json" or _batch_field(ext) in keep
-                }
-            raw["__meta__"] = meta
-            yield raw
+            sample = self._decoded(raw)
+            if sample is not None:
+                yield i, sample
 
-    def _shuffled(self, samples: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
-        size = self.cfg.shuffle_buffer
-        if size <= 0:
-            yield from samples
-            return
-        buf: list[dict[str, Any]] = []
-        for sample in samples:
-            if len(buf) < size:
-                buf.append(sample)
-                continue
-            i = rng.randrange(size)
-            buf[i], sample = sample, buf[i]
-            yield sample
-        rng.shuffle(buf)
-        yield from buf
+    def _decoded(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            meta = json.loads(raw.get("json", b"{}"))
+        except (ValueError, UnicodeDecodeError) as e:
+            log.warning("loader: corrupt %s in %s: bad JSON: %s", raw["__key__"], raw.get("__url__"), e)
+            self._count(0)
+            return None
+        if self.cfg.fields is not None:
+            keep = set(self.cfg.fields)
+            raw = {
+                ext: v
+                for ext, v in raw.items()
+                if ext.startswith("__") or ext == "json" or _batch_field(ext) in keep
+            }
+        raw["__meta__"] = meta
+        try:
+            sample = decode_sample(raw, self.cfg.num_frames)
+        except CorruptSample as e:
+            log.warning("loader: corrupt sample in %s skipped: %s", raw.get("__url__"), e)
+            self._count(0)
+            return None
+        if sample is None:  # shorter than num_frames, which its JSON did not say
+            self._count(1)
+        return sample
 
-    def _decoded(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for raw in samples:
-            try:
-                sample = decode_sample(raw, self.cfg.num_frames)
-            except CorruptSample as e:
-                log.warning("loader: corrupt sample in %s skipped: %s", raw.get("__url__"), e)
-                self._count(0)
-                continue
-            if sample is None:
-                self._count(1)
-                continue
-            yield sample
+    def _batch(self, pending: list[dict[str, Any]], stream: int) -> dict[str, Any]:
+        cursors = [s.pop("_cursor") for s in pending]
+        batch = collate(pending, self.cfg.optional)
+        return {**batch, "epoch": max(e for e, _ in cursors), "_stream": stream, "_cursor": cursors[-1]}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        n_streams = self.world_size * num_workers
-        stream = self.rank * num_workers + worker
+        stream = self.rank * num_workers + (worker + self.turn) % num_workers
+        epoch, k = self.start[stream]
         pending: list[dict[str, Any]] = []
-        epoch = self.start_epoch
         while True:
-            rng = _rng(self.seed, epoch, f"buffer/{stream}")
+            emit, reading = self.plan.stream_order(epoch, stream)
             got = 0
-            samples = self._selected(self.raw_samples(epoch, stream, n_streams))
-            for sample in self._decoded(self._shuffled(samples, rng)):
+            for i, sample in self._emitted(emit, reading, k):
                 got += 1
+                sample["_cursor"] = (epoch, i + 1)
                 pending.append(sample)
                 if len(pending) == self.cfg.batch_size:
-                    yield {**collate(pending, self.cfg.optional), "epoch": epoch}
+                    yield self._batch(pending, stream)
                     pending = []
             if not self.cfg.resampled:
                 if pending:
-                    yield {**collate(pending, self.cfg.optional), "epoch": epoch}
+                    yield self._batch(pending, stream)
                 return
-            if got == 0:
+            if got == 0 and k == 0 and epoch not in self.plan.done:
                 raise RuntimeError(
                     f"loader stream {stream} (rank {self.rank}, worker {worker}) got no usable clips in "
-                    f"epoch {epoch} from {len(self.urls)} shard(s) (split={self.cfg.split!r}, "
-                    f"require={list(self.cfg.require)}, num_frames={self.cfg.num_frames}); an infinite "
-                    "stream would hang. Use fewer workers or ranks than there are clips, write more shards, "
-                    "or check data.split, data.require and data.num_frames"
+                    f"epoch {epoch}: all {len(emit)} dealt to it were corrupt or too short (see the "
+                    "warnings above); an infinite stream would hang"
                 )
-            epoch += 1
+            epoch, k = epoch + 1, 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -475,11 +701,13 @@ class ClipLoader:
          "actions": [B, T, ...] or None, "rewards": float32 [B, T] or None,
          "epoch": int (newest epoch among the batch's clips), <other .npy member>: Tensor [B, ...]}
 
-    ``B`` is ``batch_size`` (smaller only for the last batch of a finite pass). Each ``iter()``
-    starts at ``self.epoch``; a finite loader therefore reshuffles on every pass.
+    ``B`` is ``batch_size`` (smaller only for the last batch of a finite pass). A finite loader
+    (``resampled=False``) reads the next epoch on each ``iter()``; an endless one goes on from where
+    the batches delivered so far left it (so an ``iter()`` abandoned half way loses nothing).
 
-    ``corrupt_count`` and ``short_count`` (clips shorter than ``num_frames``, skipped) are summed
-    over this rank's worker processes; they are per rank: all-reduce them for a global figure.
+    ``corrupt_count`` and ``short_count`` count what this rank skipped (summed over its worker
+    processes) plus what the shard indexes excluded for the whole dataset; ``skip_metrics`` turns
+    them into dataset-wide figures.
     """
 
     def __init__(self, cfg: LoaderConfig, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
@@ -493,38 +721,51 @@ class ClipLoader:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1} (world_size={world_size})")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.urls = resolve_shards(cfg.shards, allow_pipe=cfg.allow_pipe)
+        self.index = DatasetIndex(self.urls, cfg)
+        workers = max(cfg.num_workers, 1)
+        self.streams = world_size * workers
+        self.my_streams = range(rank * workers, (rank + 1) * workers)
+        if cfg.resampled and len(self.index) < self.streams:
+            raise ValueError(
+                f"{'no' if not len(self.index) else f'only {len(self.index)}'} usable clips in "
+                f"{len(self.urls)} shard(s) (split={cfg.split!r}, require={list(cfg.require)}, "
+                f"num_frames={cfg.num_frames}) for {self.streams} loader streams ({world_size} rank(s) x "
+                f"{workers} worker(s)), and every stream needs one. Use fewer ranks or data.num_workers, "
+                "write more clips, or check data.split, data.require and data.num_frames"
+            )
         self.seed = seed
         self.epoch = 0
         self.samples_seen = 0
+        self._done: dict[int, np.ndarray] = {}
+        self._cursors = {s: (0, 0) for s in self.my_streams}
+        self._turn = 0  # which of this rank's streams gives the next batch (see ShardStream)
         # Shared with the worker processes, which inherit it when the DataLoader starts them.
         self._counters = multiprocessing.Array("q", 2)
 
     @property
     def corrupt_count(self) -> int:
-        """Corrupt samples (and unreadable shard parts) skipped so far on this rank."""
-        return int(self._counters[0])
+        """Corrupt samples (and unreadable shard parts) skipped so far on this rank, plus those the
+        shard indexes excluded."""
+        return int(self._counters[0]) + self.index.bad
 
     @property
     def short_count(self) -> int:
-        """Clips skipped so far on this rank because they are shorter than ``num_frames``."""
-        return int(self._counters[1])
+        """Clips skipped so far on this rank, or excluded by the index, as shorter than ``num_frames``."""
+        return int(self._counters[1]) + self.index.short
 
     def skip_metrics(self) -> dict[str, float]:
-        """``data_corrupt_skipped`` and ``data_short_skipped`` for a training loss dict: this rank's
-        counts times ``world_size``, so that their mean over ranks (what the runtime logs) is the
-        total over all ranks."""
+        """``data_corrupt_skipped`` and ``data_short_skipped`` for a training loss dict, so that their
+        mean over ranks (what the runtime logs) is the dataset-wide total: this rank's own skips
+        times ``world_size`` plus those the index excluded (the same on every rank)."""
         return {
-            "data_corrupt_skipped": float(self.corrupt_count * self.world_size),
-            "data_short_skipped": float(self.short_count * self.world_size),
+            "data_corrupt_skipped": float(self._counters[0] * self.world_size + self.index.bad),
+            "data_short_skipped": float(self._counters[1] * self.world_size + self.index.short),
         }
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        start = self.epoch
-        # Advance now, so a pass abandoned half way is not replayed by the next iter() or a resume.
-        self.epoch = start + 1
-        dataset = ShardStream(
-            self.urls, self.cfg, self.rank, self.world_size, self.seed, start, self._counters
-        )
+    def _plan(self, done: dict[int, np.ndarray]) -> Plan:
+        return Plan(self.index, self.seed, self.streams, self.cfg.shuffle_buffer, done)
+
+    def _iterate(self, dataset: ShardStream) -> Iterator[dict[str, Any]]:
         loader = DataLoader(
             dataset,
             batch_size=None,  # the dataset batches, so a worker ships whole batches
@@ -532,25 +773,94 @@ class ClipLoader:
             prefetch_factor=2 if self.cfg.num_workers else None,
         )
         for batch in loader:
+            stream, cursor = batch.pop("_stream"), batch.pop("_cursor")
             self.samples_seen += len(batch["key"])
-            self.epoch = max(self.epoch, batch["epoch"] + 1)
+            if self.cfg.resampled:
+                self._cursors[stream] = tuple(cursor)
+                self._turn = (stream - self.my_streams.start + 1) % len(self.my_streams)
+                self.epoch = min(e for e, _ in self._cursors.values())
             yield batch
 
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch": next epoch to start, "seed": int, "samples_seen": clips delivered so far}``.
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.cfg.resampled:
+            plan, start = self._plan(self._done), dict(self._cursors)
+            yield from self._iterate(
+                ShardStream(plan, self.cfg, self.rank, start, self._counters, self._turn)
+            )
+            return
+        start = self.epoch
+        self.epoch = start + 1  # the next iter() reads the next epoch, even if this one is left half way
+        begin = {s: (start, 0) for s in self.my_streams}
+        yield from self._iterate(ShardStream(self._plan({}), self.cfg, self.rank, begin, self._counters))
 
-        Ranks can be an epoch apart when saved; resume every rank from one state (rank 0's, or
-        the largest epoch) to keep "each clip once per epoch" across ranks in the resumed epoch.
-        """
-        return {"epoch": self.epoch, "seed": self.seed, "samples_seen": self.samples_seen}
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader is: ``{"epoch", "seed", "samples_seen", "streams", "cursors", "done",
+        "index"}``. ``epoch``: the oldest epoch in progress (of a finite loader: the next to read);
+        ``samples_seen``: clips this rank delivered; ``streams``: the layout (ranks x workers);
+        ``cursors``: ``{stream: [epoch, samples of its order consumed]}``; ``turns``: ``{rank: which of
+        its streams gives the next batch}``; ``done``: per epoch begun
+        before the last resume in another layout, a bitmap of the samples consumed then; ``index``:
+        the digest of the usable samples.
+
+        With ``torch.distributed`` initialised and ``world_size > 1`` this is a collective (every rank
+        calls it at once, as the runtime does at a checkpoint) and the cursors are every rank's, so
+        that each rank's saved state alone resumes the whole run, in this layout or another.
+        Without it the cursors are this rank's; merge the ranks' states with
+        ``runtime.checkpoint.merge_loader_states`` before resuming in another layout."""
+        state = {
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "samples_seen": self.samples_seen,
+            "streams": self.streams,
+            "cursors": {str(s): list(c) for s, c in self._cursors.items()},
+            "turns": {str(self.rank): self._turn},
+            "done": {str(e): _pack(d) for e, d in self._done.items() if e >= self.epoch},
+            "index": self.index.digest,
+        }
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            states: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)
+            cursors = {s: c for other in states for s, c in other["cursors"].items()}
+            turns = {r: t for other in states for r, t in other["turns"].items()}
+            epoch = min(e for e, _ in cursors.values()) if self.cfg.resampled else self.epoch
+            done = {e: d for other in states for e, d in other["done"].items() if int(e) >= epoch}
+            state = {**state, "epoch": epoch, "cursors": cursors, "turns": turns, "done": done}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume: the next ``iter()`` starts at ``state["epoch"]``, an epoch the saved run had not begun."""
+        """Resume from ``state_dict()``: in the same layout every stream goes on exactly where it
+        stopped; in another (ranks x workers) the samples of each epoch begun that no stream had
+        consumed are dealt afresh over the new streams, so no sample is replayed or skipped. A state
+        without cursors (older checkpoints) or for other data resumes at an epoch not yet begun."""
         missing = [k for k in ("epoch", "seed", "samples_seen") if k not in state]
         if missing:
             raise ValueError(f"loader state lacks {missing}; pass a dict saved by ClipLoader.state_dict()")
         self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
         self.samples_seen = int(state["samples_seen"])
+        self._done = {}
+        if not self.cfg.resampled:
+            return
+        cursors = {int(s): (int(c[0]), int(c[1])) for s, c in state.get("cursors", {}).items()}
+        if not cursors or state.get("index") != self.index.digest:
+            if cursors:
+                self.epoch = max(e for e, _ in cursors.values()) + 1
+                log.warning(
+                    "loader: the usable samples differ from the checkpoint's (other shards or filters), "
+                    "so its position does not apply; starting epoch %d, which it had not begun",
+                    self.epoch,
+                )
+            self._cursors = {s: (self.epoch, 0) for s in self.my_streams}
+            return
+        done = {int(e): _unpack(d, len(self.index)) for e, d in state.get("done", {}).items()}
+        if int(state["streams"]) == self.streams and all(s in cursors for s in self.my_streams):
+            self._done, self._cursors = done, {s: cursors[s] for s in self.my_streams}
+            self._turn = int(state.get("turns", {}).get(str(self.rank), 0))
+        else:  # another layout: what was consumed, per epoch begun, is dealt again over the new streams
+            saved = Plan(self.index, self.seed, int(state["streams"]), self.cfg.shuffle_buffer, done)
+            self._done = saved.consumed(cursors)
+            first = min(self._done) if self._done else max(e for e, _ in cursors.values()) + 1
+            self._cursors = {s: (first, 0) for s in self.my_streams}
+        self.epoch = min(e for e, _ in self._cursors.values())
 
 
 def make_loader(

@@ -17,6 +17,16 @@ Each clip is one WebDataset sample: tar members that share the key ``KEY`` (no d
     KEY.actions.npy   per-frame actions, first axis = num_frames (only when the source has them)
     KEY.rewards.npy   per-frame rewards, float32 [num_frames] (likewise)
 
+Beside each shard, ``shard-NNNNNN.index.json`` lists its samples in tar order, so that a loader can
+plan who reads what without opening the tars (``pipeline.loader``)::
+
+    {"format_version": 1, "size": bytes of the tar,
+     "samples": [{"key": str, "members": [ext, ...], "split": str | null,
+                  "num_frames": int | null, "bad_json": true (only when KEY.json does not parse)}]}
+
+A shard without its index (or whose size differs from the index's ``size``) is still read: the
+loader then scans the tar's headers and JSON members instead.
+
 Tars are deterministic: members in a fixed order, mtime 0, uid/gid 0, mode 0644, so the same
 clips give byte-identical shards. A shard is written to a temporary name and renamed when
 complete, so a ``shard-*.tar`` that exists is whole. ``ShardWriter`` hashes each shard's bytes
@@ -36,11 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime.files import atomic_open
+from runtime.files import atomic_open, atomic_write_text
 from runtime.fingerprint import SHARDS_DIR, HashingWriter  # DIR/SHARDS_DIR holds a dataset's shards
 
 FORMAT_VERSION = 1
 SHARD_PATTERN = "shard-{index:06d}.tar"
+INDEX_SUFFIX = ".index.json"  # shard-NNNNNN.tar -> shard-NNNNNN.index.json
 # Members of a sample are written in this order; others follow sorted by name.
 MEMBER_ORDER = ("json", "mp4", "actions.npy", "rewards.npy")
 
@@ -48,6 +59,35 @@ MEMBER_ORDER = ("json", "mp4", "actions.npy", "rewards.npy")
 def shard_paths(dataset: str | os.PathLike, count: int) -> list[Path]:
     """The paths of the first ``count`` shards of the dataset folder ``dataset`` (none when ``count < 0``)."""
     return [Path(dataset) / SHARDS_DIR / SHARD_PATTERN.format(index=i) for i in range(count)]
+
+
+def index_path(shard: str) -> str:
+    """The index beside a shard: ``.../shard-000000.tar`` -> ``.../shard-000000.index.json``."""
+    return (shard[: -len(".tar")] if shard.endswith(".tar") else shard) + INDEX_SUFFIX
+
+
+def index_entry(key: str, members: Mapping[str, Any]) -> dict[str, Any]:
+    """One sample's row of a shard index (see the module docstring), from the members written."""
+    meta = members.get("json", {})
+    entry: dict[str, Any] = {"key": key, "members": sorted(members, key=_member_sort_key)}
+    if isinstance(meta, (bytes, bytearray, str)):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            meta = None
+    if not isinstance(meta, dict):
+        return {**entry, "split": None, "num_frames": None, "bad_json": True}
+    frames = meta.get("num_frames")
+    entry["split"] = meta.get("split") if isinstance(meta.get("split"), str) else None
+    entry["num_frames"] = frames if isinstance(frames, int) and not isinstance(frames, bool) else None
+    return entry
+
+
+def write_index(shard: str | os.PathLike, entries: list[dict[str, Any]]) -> None:
+    """Write the index of a finished shard (atomically), with the shard's size."""
+    shard = os.fspath(shard)
+    body = {"format_version": FORMAT_VERSION, "size": os.path.getsize(shard), "samples": entries}
+    atomic_write_text(index_path(shard), json.dumps(body, separators=(",", ":")))
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -117,6 +157,7 @@ class ShardWriter:
         self._hashing = HashingWriter(self._ctx.__enter__())
         self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT)
         self._count = 0
+        self._entries = []
 
     def _finish(self, exc: BaseException | None = None) -> None:
         if self._tar is None:
@@ -126,6 +167,7 @@ class ShardWriter:
         ctx, self._ctx, self._tar = self._ctx, None, None
         if exc is None:
             ctx.__exit__(None, None, None)
+            write_index(path, self._entries)
             self.written.append(path)
             self.sha256[path.name] = self._hashing.hexdigest()
             self.index += 1
@@ -136,6 +178,7 @@ class ShardWriter:
         if self._tar is None:
             self._open()
         add_sample(self._tar, key, members)
+        self._entries.append(index_entry(key, members))
         self._count += 1
         if self._count >= self.samples_per_shard:
             self._finish()

@@ -173,8 +173,9 @@ def load_runtime_state(ckpt_dir: Path, rank: int, world_size: int) -> dict[str, 
 
 def merge_loader_states(states: list[dict[str, Any]]) -> dict[str, Any]:
     """One loader position for every rank of a resumed run from the saved ranks' positions: a value
-    all ranks agree on is kept, and an integer they disagree on (an epoch, a counter: positions only
-    move forward) takes the largest, so no rank starts over data some saved rank had begun."""
+    all ranks agree on is kept, an integer they disagree on (an epoch, a counter: positions only
+    move forward) takes the largest, so no rank starts over data some saved rank had begun, and
+    dicts merge key by key by the same rules (so each rank's own entries are all kept)."""
     out: dict[str, Any] = {}
     for key in dict.fromkeys(k for s in states for k in s):
         values = [s[key] for s in states if key in s]
@@ -182,6 +183,8 @@ def merge_loader_states(states: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = values[0]
         elif all(isinstance(v, int) for v in values):
             out[key] = max(values)
+        elif all(isinstance(v, dict) for v in values):  # e.g. per-stream positions, each rank its own
+            out[key] = merge_loader_states(values)
         else:
             raise ValueError(f"saved ranks disagree on loader state {key!r}: {values}; cannot merge")
     return out

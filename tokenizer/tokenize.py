@@ -47,7 +47,7 @@ import torch
 from pipeline.curate import iter_shard
 from pipeline.loader import resolve_shards
 from pipeline.manifest import MANIFEST_FILE, STATS_FILE, read_stats, write_manifest
-from pipeline.shards import SHARD_PATTERN, SHARDS_DIR, add_sample, shard_paths
+from pipeline.shards import SHARD_PATTERN, SHARDS_DIR, add_sample, index_entry, shard_paths, write_index
 from runtime.files import atomic_open, atomic_write_text, folder_lock
 from runtime.fingerprint import (
     SHARD_HASHES,
@@ -221,6 +221,7 @@ class ShardEncoder:
                     problems += [f"{decoded[i][0]}: {e}" for i in part]
                     continue
                 latents.update({decoded[i][0]: z for i, z in zip(part, outs, strict=True)})
+        entries: list[dict[str, Any]] = []  # the shard's index (pipeline.shards)
         with (
             atomic_open(target, "wb") as f,
             # Hashed as it streams: the shard's sha256, which later stages fingerprint the latents by.
@@ -234,6 +235,8 @@ class ShardEncoder:
                 out = {"json": meta, ("indices.npy" if self.tok.is_discrete else "latents.npy"): z}
                 out.update({ext: members[ext] for ext in ("actions.npy", "rewards.npy") if ext in members})
                 add_sample(tar, key, out)
+                entries.append(index_entry(key, out))
+        write_index(target, entries)
         row["sha256"] = hashing.hexdigest()
         row["clips"], row["corrupt"] = len(latents), len(problems)
         if latents:
@@ -262,7 +265,11 @@ def _start_over(out: Path, shard_dir: Path, rows_dir: Path) -> None:
     """Remove what a run on other inputs left; the stats go first, so no reader sees a mix as complete."""
     (out / STATS_FILE).unlink(missing_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)
-    for p in [*rows_dir.glob("*.json"), *shard_dir.glob("shard-*.tar")]:
+    for p in [
+        *rows_dir.glob("*.json"),
+        *shard_dir.glob("shard-*.tar"),
+        *shard_dir.glob("shard-*.index.json"),
+    ]:
         p.unlink()
 
 

@@ -8,16 +8,26 @@ Fixture clips are 32x32 frames whose left half has brightness ``clip_value(clip)
 from __future__ import annotations
 
 import itertools
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from pipeline.loader import LoaderConfig, collate, decode_member, make_loader, resolve_shards
 from pipeline.shards import ShardWriter, npy_bytes
+from runtime.checkpoint import merge_loader_states
 from runtime.config import ConfigError, merge_into
 from runtime.video import encode_mp4
 
@@ -169,23 +179,133 @@ def test_resampled_stream_runs_past_the_end_into_new_epochs_with_full_batches(da
     keys = keys_of(batches)
     assert sorted(keys[:24]) == sorted(f"clip{c:03d}" for c in range(NUM_CLIPS))
     assert keys[:24] != keys[24:48]
-    assert loader.state_dict() == {"epoch": 3, "seed": 2, "samples_seen": 60}
+    state = loader.state_dict()
+    assert (state["epoch"], state["seed"], state["samples_seen"]) == (2, 2, 60)  # epoch 2 is in progress
+    assert state["cursors"] == {"0": [2, 12]}  # one stream, 12 clips into epoch 2
 
 
-def test_resume_from_state_dict_starts_a_new_epoch_instead_of_replaying(dataset):
-    run = make_loader(cfg(dataset, resampled=True, num_workers=2), seed=11)
-    seen = keys_of(itertools.islice(run, 3))
+def test_a_resumed_loader_goes_on_exactly_where_it_stopped_mid_epoch(dataset):
+    c = cfg(dataset, resampled=True, num_workers=2)
+    whole = keys_of(itertools.islice(make_loader(c, seed=11), 10))  # 30 clips: into the second epoch
+    run = make_loader(c, seed=11)
+    first = keys_of(itertools.islice(run, 3))
     state = run.state_dict()
-    assert state["epoch"] == 1 and state["samples_seen"] == 9
-
-    resumed = make_loader(cfg(dataset, resampled=True, num_workers=2), seed=999, state=state)
-    after = list(itertools.islice(resumed, 3))
-    assert all(b["epoch"] >= 1 for b in after)
-    assert keys_of(after) != seen  # a restart from scratch would repeat `seen` exactly
-    fresh = make_loader(cfg(dataset, resampled=True, num_workers=2), seed=11)
-    assert keys_of(itertools.islice(fresh, 3)) == seen
-    assert resumed.state_dict()["samples_seen"] == 18
+    assert state["epoch"] == 0 and state["samples_seen"] == 9  # the workers read ahead; that is not counted
+    resumed = make_loader(c, seed=999, state=state)
+    assert first + keys_of(itertools.islice(resumed, 7)) == whole
     assert resumed.state_dict()["seed"] == 11  # the saved seed wins over the argument
+    assert resumed.state_dict()["samples_seen"] == 30
+
+
+def epoch_keys(loader, epoch: int, batches: int = NUM_CLIPS) -> list[str]:
+    """The keys of ``epoch`` among a batch_size=1 endless loader's first ``batches`` batches (a rank's
+    streams can be apart by a clip, so the first batch of the next epoch does not end its share)."""
+    return keys_of(b for b in itertools.islice(loader, batches) if b["epoch"] == epoch)
+
+
+@pytest.mark.parametrize(
+    "before, after, taken", [((2, 2), (3, 1), (3, 5)), ((1, 1), (2, 2), (3,)), ((2, 1), (3, 1), (3, 15))]
+)
+def test_a_resume_in_another_layout_delivers_each_remaining_clip_once(dataset, before, after, taken):
+    """Ranks x workers before the save and after it, and the clips each rank had taken (the last
+    case: one rank 3 clips into epoch 1, the other in epoch 0): what was seen before plus after is
+    every clip exactly once in epoch 0 and again in epoch 1."""
+
+    def layout(workers):
+        return cfg(dataset, resampled=True, num_workers=workers, batch_size=1, num_frames=None)
+
+    ranks, workers = before
+    loaders = [make_loader(layout(workers), rank=r, world_size=ranks, seed=4) for r in range(ranks)]
+    seen = [
+        (b["epoch"], b["key"][0])
+        for r, loader in enumerate(loaders)
+        for b in itertools.islice(loader, taken[r])
+    ]
+    state = merge_loader_states([loader.state_dict() for loader in loaders])
+    ranks, workers = after
+    for epoch in (0, 1):
+        for r in range(ranks):
+            resumed = make_loader(layout(workers), rank=r, world_size=ranks, seed=0, state=state)
+            seen += [(epoch, k) for k in epoch_keys(resumed, epoch, 2 * NUM_CLIPS)]
+        assert sorted(k for e, k in seen if e == epoch) == sorted(f"clip{c:03d}" for c in range(NUM_CLIPS))
+
+
+def _save_in_two_processes(rank: int, root: str, out: str, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    c = cfg(Path(root), resampled=True, num_workers=1, batch_size=2)
+    loader = make_loader(c, rank=rank, world_size=2, seed=8)
+    keys = keys_of(itertools.islice(loader, 2 + rank))  # the ranks need not be at the same place
+    state = loader.state_dict()  # a collective: every rank's positions
+    Path(out, f"{rank}.json").write_text(json.dumps({"keys": keys, "state": state}))
+    dist.destroy_process_group()
+
+
+def test_a_state_saved_by_two_processes_resumes_exactly_on_one_or_three(dataset, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_save_in_two_processes, args=(r, str(dataset), str(tmp_path), port))
+        for r in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    saved = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    before = saved[0]["keys"] + saved[1]["keys"]
+    assert len(before) == 10
+    assert saved[0]["state"]["cursors"] == saved[1]["state"]["cursors"]  # both hold all four streams
+    for ranks, state in ((1, saved[0]["state"]), (3, saved[1]["state"])):  # one rank's file alone
+        c = cfg(dataset, resampled=True, batch_size=1)
+        after = [k for r in range(ranks) for k in epoch_keys(make_loader(c, r, ranks, state=state), 0)]
+        assert sorted(before + after) == sorted(f"clip{c:03d}" for c in range(NUM_CLIPS))
+
+
+def latent_dataset(root: Path, per_shard: int, labelled: Callable[[int], bool], n: int = 16) -> Path:
+    with ShardWriter(root / "shards", samples_per_shard=per_shard) as w:
+        for i in range(n):
+            members = {
+                "json": {"key": f"c{i:02d}", "split": "train"},
+                "latents.npy": np.full((2, 3), i, np.float32),
+            }
+            if labelled(i):
+                members["actions.npy"] = np.arange(2)
+            w.write(f"c{i:02d}", members)
+    return root
+
+
+def test_ranks_get_equal_shares_of_the_clips_that_pass_the_filters_not_of_the_shards(tmp_path):
+    root = latent_dataset(tmp_path, 8, labelled=lambda i: i < 8)  # shard 0 labelled, shard 1 not
+    c = LoaderConfig(shards=str(root), batch_size=1, resampled=False, require=["actions"])
+    per_rank = [keys_of(make_loader(c, rank=r, world_size=2, seed=1)) for r in range(2)]
+    assert [len(keys) for keys in per_rank] == [4, 4]
+    assert sorted(per_rank[0] + per_rank[1]) == [f"c{i:02d}" for i in range(8)]
+
+
+def test_more_streams_than_usable_clips_fails_before_training_naming_both(tmp_path):
+    root = latent_dataset(tmp_path, 4, labelled=lambda i: i % 2 == 0, n=8)  # 4 usable
+    c = LoaderConfig(shards=str(root), batch_size=1, num_workers=3, require=["actions"])
+    assert make_loader(c, rank=0, world_size=1)  # 3 streams: enough
+    with pytest.raises(ValueError, match=r"only 4 usable clips in 2 shard.*6 loader streams \(2 rank"):
+        make_loader(c, rank=0, world_size=2)
+
+
+def test_shards_without_their_index_or_with_a_stale_one_load_alike(dataset, tmp_path):
+    index = json.loads((dataset / "shards" / "shard-000001.index.json").read_text())
+    assert [row["key"] for row in index["samples"]] == [f"clip{c:03d}" for c in range(4, 8)]
+    assert index["samples"][0]["split"] == "heldout" and index["samples"][1]["num_frames"] == clip_length(5)
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    for p in (copy / "shards").glob("*.index.json"):
+        p.unlink()
+    stale = {**index, "samples": index["samples"][:1], "size": index["size"] + 512}
+    (copy / "shards" / "shard-000002.index.json").write_text(json.dumps(stale))
+    c = cfg(dataset, num_frames=10, split="train")
+    assert keys_of(make_loader(replace(c, shards=str(copy)), seed=3)) == keys_of(make_loader(c, seed=3))
 
 
 def test_corrupt_samples_are_skipped_and_counted_and_the_rest_arrive(tmp_path, clips):
@@ -289,9 +409,8 @@ def test_loader_config_is_a_config_section_with_typed_overrides():
 
 
 def test_an_infinite_stream_with_no_usable_clips_fails_instead_of_hanging(dataset):
-    loader = make_loader(cfg(dataset, resampled=True, split="validation"))
-    with pytest.raises(RuntimeError, match="no usable clips.*split='validation'"):
-        next(iter(loader))
+    with pytest.raises(ValueError, match="no usable clips.*split='validation'"):
+        make_loader(cfg(dataset, resampled=True, split="validation"))
 
 
 def test_a_pattern_matching_nothing_fails_naming_the_pattern_and_the_fix(tmp_path):
@@ -331,3 +450,18 @@ def test_fields_decodes_only_the_named_fields_so_mixed_samples_batch(tmp_path):
     cfg = LoaderConfig(shards=str(tmp_path), batch_size=4, resampled=False, fields=["latents"])
     (batch,) = list(make_loader(cfg))
     assert batch["latents"].shape == (4, 2, 3) and batch["actions"] is None
+
+
+def test_a_worker_forked_after_the_parent_decoded_still_decodes():
+    """PyAV >= 18.1.1 keeps a scaler per thread; with FFmpeg 8's slice threads a forked DataLoader
+    worker inherited it without its threads and hung in its first decode."""
+    data = clip_members(1)["mp4"]
+    decode_member("mp4", data)  # the parent decodes first, as training does at eval steps
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the decode finishes within 20 s
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # killed outright, whatever handler pytest set
+        signal.alarm(20)
+        ok = decode_member("mp4", data).shape == (clip_length(1), 32, 32, 3)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.curate import iter_shard
 from pipeline.loader import LoaderConfig, make_loader
 from pipeline.shards import ShardWriter
 from runtime.video import decode_mp4, encode_mp4
@@ -94,6 +95,10 @@ def test_rerun_skips_finished_shards_and_another_tokenizer_is_refused(curated, t
     out = tmp_path / "latents"
     run(TokenizeConfig(input=str(root), output=str(out), tokenizer=str(export), num_cpus=2))
     shards = sorted((out / "shards").glob("*.tar"))
+    for shard in shards:  # each latent shard's index lists the keys it holds, for the loader
+        index = json.loads(shard.with_name(shard.stem + ".index.json").read_text())
+        assert [row["key"] for row in index["samples"]] == [key for key, _ in iter_shard(str(shard))]
+        assert index["size"] == shard.stat().st_size
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in shards}
     run(TokenizeConfig(input=str(root), output=str(out), tokenizer=str(export), num_cpus=2))
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in shards} == before
