@@ -144,13 +144,16 @@ def test_a_rollout_past_max_frames_attends_over_a_window_of_max_frames(head, fac
     assert max(seen_keys) == cfg.max_frames * full  # rerun, the window is as long
 
 
-def test_100m_preset_has_about_100m_parameters_and_fits_16_frames_of_32x32():
-    cfg = DynamicsConfig.preset("100m")
+@pytest.mark.parametrize("name", ["100m", "300m", "1b"])
+def test_sized_presets_have_the_parameters_their_name_says_and_fit_16_frames_of_32x32(name):
+    size = {"100m": 100e6, "300m": 300e6, "1b": 1e9}[name]
+    cfg = DynamicsConfig.preset(name)
     model = build_dynamics(cfg, device=None)  # meta: nothing is allocated
-    n = sum(p.numel() for p in model.parameters())
-    assert 90e6 < n < 130e6, n
     assert all(p.is_meta for p in model.parameters())
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - size) / size < 0.10, f"{name}: {n / 1e6:.1f}M parameters"
     assert (cfg.max_frames, cfg.latent_height, cfg.latent_width) == (16, 32, 32)
+    assert 64 <= cfg.dim // cfg.heads <= 128  # head dims the GPU attention kernels are made for
 
 
 # Two clip shapes (frames, model overrides) that differ in frames, grid, patch, width and MLP ratio,
