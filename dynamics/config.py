@@ -1,8 +1,9 @@
 """``DynamicsConfig``: every knob of the dynamics transformer and its two heads.
 
 Defaults are the tiny CPU case (a few thousand parameters' worth of work per step);
-``DynamicsConfig.preset("100m")`` gives the ~100M-parameter GPU benchmark model
-(16 latent frames of 32x32 latents, patch 2 -> 256 tokens per frame, 4096 per clip).
+``DynamicsConfig.preset("100m")`` gives the ~100M-parameter GPU benchmark model, ``"300m"`` and
+``"1b"`` the steps above it (all three: 16 latent frames of 32x32 latents, patch 2 -> 256 tokens
+per frame, 4096 per clip; BENCHMARKS.md lists their parameters and FLOPs per clip).
 """
 
 from __future__ import annotations
@@ -175,21 +176,20 @@ class DynamicsConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> DynamicsConfig:
-        """Named sizes: ``tiny`` (CPU tests), ``small`` (CPU benchmark), ``100m`` (GPU benchmark)."""
+        """Named sizes: ``tiny`` (CPU tests), ``small`` (CPU benchmark), ``100m`` (GPU benchmark),
+        ``300m`` and ``1b`` (GPU clusters). The sized ones hold the parameters their name says
+        within 10% with the default diffusion head (checked by a test)."""
+        # 16 frames of 32x32 latents (a 16x tokenizer at 512 px, an 8x one at 256 px), patch 2.
+        clip = dict(latent_channels=16, latent_height=32, latent_width=32, max_frames=16, codebook_size=1000)
+        # A block holds ~18 dim^2 parameters: 12 in attention and MLP, as in GPT or LLaMA, plus 6
+        # in its adaLN modulation. So ~1B is 14 blocks at width 2048 (head dim 128), not the ~20
+        # of a LLaMA-style 1B model, whose blocks have no modulation.
         presets: dict[str, dict[str, object]] = {
             "tiny": {},
             "small": dict(dim=256, depth=4, heads=4, latent_height=16, latent_width=16, max_frames=8),
-            # ~100M parameters (checked by a test): 16 frames of 32x32 latents, patch 2.
-            "100m": dict(
-                dim=768,
-                depth=10,
-                heads=12,
-                latent_channels=16,
-                latent_height=32,
-                latent_width=32,
-                max_frames=16,
-                codebook_size=1000,
-            ),
+            "100m": dict(clip, dim=768, depth=10, heads=12),  # 109M
+            "300m": dict(clip, dim=1024, depth=16, heads=16),  # 307M
+            "1b": dict(clip, dim=2048, depth=14, heads=16),  # 1.08B
         }
         if name not in presets:
             raise ValueError(f"unknown DynamicsConfig preset {name!r}; choose one of {sorted(presets)}")

@@ -68,6 +68,16 @@ class DiffusionDynamics(DynamicsHead):
                     nn.init.normal_(m.weight, std=0.02)
                     nn.init.zeros_(m.bias)
 
+    def head_forward_flops(self, frames: int) -> float:
+        # The noise-level MLPs run once per frame (two of them with residual).
+        mlps = [e.mlp for e in (self.noise_embed, self.context_noise_embed) if e is not None]
+        return 2.0 * frames * sum(m.weight.numel() for mlp in mlps for m in mlp if isinstance(m, nn.Linear))
+
+    def no_grad_forwards(self, frames: int) -> int:
+        # Self-forcing predicts every frame once more to make the predecessors (own_predecessors).
+        cfg = self.cfg
+        return 1 if cfg.residual and cfg.self_forcing > 0 and frames >= 3 else 0
+
     # -- the network in latent layout --------------------------------------------------------
     def check_input(self, latents: Tensor, name: str) -> None:
         cfg = self.cfg

@@ -71,12 +71,28 @@ class DynamicsHead(nn.Module):
         self.init_head_weights()
 
     def flops_per_sample(self, frames: int | None = None) -> float:
-        """Training FLOPs per clip (see ``DynamicsTransformer.flops_per_sample``)."""
-        return self.backbone.flops_per_sample(frames or self.cfg.max_frames)
+        """Training FLOPs (what MFU counts) for a clip of ``frames`` latent frames (default ``max_frames``).
+
+        Forward and backward (3x the forward) of the backbone (``DynamicsTransformer.forward_flops``)
+        and of the head's own layers (``head_forward_flops``), plus the forward passes ``loss`` runs
+        without gradient (``no_grad_forwards``).
+        """
+        t = frames or self.cfg.max_frames
+        forward = self.backbone.forward_flops(t) + self.head_forward_flops(t)
+        return (3.0 + self.no_grad_forwards(t)) * forward
 
     # -- what a head provides ----------------------------------------------------------------
     def init_head_weights(self) -> None:
         """Initialise the head's layers outside the backbone (none by default)."""
+
+    def head_forward_flops(self, frames: int) -> float:
+        """Forward FLOPs of the head's matmuls outside the backbone for one clip (none by default)."""
+        return 0.0
+
+    def no_grad_forwards(self, frames: int) -> int:
+        """Extra forward passes of the whole network, without gradient, that ``loss`` runs per clip
+        of ``frames`` latent frames (none by default)."""
+        return 0
 
     def loss(self, x: Tensor, actions: Actions = None) -> dict[str, Tensor]:
         """Scalar tensors for a training clip; ``"loss"`` is optimised. ``actions``: real actions

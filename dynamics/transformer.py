@@ -386,8 +386,9 @@ class DynamicsTransformer(nn.Module):
                 cache.layers[i] = (k[:, :, -keep:], v[:, :, -keep:])
 
     # -- accounting ---------------------------------------------------------------------------
-    def flops_per_sample(self, frames: int) -> float:
-        """Training FLOPs (forward + backward = 3x forward) for one clip of ``frames`` latent frames.
+    def forward_flops(self, frames: int) -> float:
+        """Forward FLOPs for one clip of ``frames`` latent frames (``DynamicsHead.flops_per_sample``
+        makes the training count of them).
 
         Counts matmuls (2 FLOPs per multiply-add): per-token linears over ``T*N`` tokens,
         per-frame linears (adaLN, action) over ``T`` frames, and attention scores + weighted
@@ -411,8 +412,7 @@ class DynamicsTransformer(nn.Module):
                 pairs += t * n * n
             else:
                 pairs += n * t * (t + 1) // 2
-        forward = 2 * per_token * t * n + 2 * per_frame * t + 4 * d * pairs
-        return 3.0 * forward
+        return 2.0 * per_token * t * n + 2.0 * per_frame * t + 4.0 * d * pairs
 
 
 def frame_slice(actions: Actions, start: int, end: int) -> Actions:

@@ -100,6 +100,14 @@ class TokenizerConfig:
 
 # Cosmos-like sizes (Cosmos uses 128 base channels, multipliers 2,4,4 and 16 latent channels
 # for its continuous tokenizers, 6 FSQ levels 8,8,8,5,5,5 = 64K codes for the discrete ones).
+# The patch-1 sizes run their first stage at full resolution: ~0.8 TFLOP per frame forward at
+# 256 px and ~3.1 at 512 px. cv8x16x16-p4 is the one for 256-512 px video: like Cosmos's CV8x16x16
+# it folds 4x4 pixel blocks into channels first (Cosmos with a 2-level Haar wavelet) and has three
+# stages (multipliers 2,4,4) behind them. 200M parameters, ~0.11 TFLOP per frame forward at 256 px
+# and ~0.44 at 512 px (7x less than cv8x16x16). Latent grid: 16x16 at 256 px, 32x32 at 512 px
+# (the dynamics presets' grid; 121 frames at 512 px are their 16 latent frames). Train it on
+# 17- or 33-frame clips (3 or 5 latent frames).
+# fmt: off
 PRESETS: dict[str, dict[str, Any]] = {
     "debug": {"base_channels": 8, "channel_multipliers": [1, 2], "latent_channels": 4},
     "cv4x8x8": {"temporal_compression": 4, "spatial_compression": 8, "base_channels": 128,
@@ -117,4 +125,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dv8x16x16": {"temporal_compression": 8, "spatial_compression": 16, "base_channels": 128,
                   "channel_multipliers": [1, 2, 4, 4, 4], "num_res_blocks": 2, "bottleneck": "fsq",
                   "fsq_levels": [8, 8, 8, 5, 5, 5]},
+    "cv8x16x16-p4": {"temporal_compression": 8, "spatial_compression": 16, "patch_size": 4,
+                     "base_channels": 128, "channel_multipliers": [2, 4, 4], "num_res_blocks": 2,
+                     "latent_channels": 16},
 }
+# fmt: on

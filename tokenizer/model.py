@@ -285,6 +285,15 @@ class CausalVideoTokenizer(nn.Module):
             shadow.decoder(shadow.bottleneck.encode(shadow.encoder(x)))
         return float(counter.get_total_flops())
 
+    def training_flops_per_video(self, frames: int, height: int, width: int) -> float:
+        """FLOPs of one training video through encoder + decoder, forward and backward: 3x the
+        forward (``flops_per_video``; a conv's backward is twice its forward) less the input
+        gradient of the first conv, which training never computes (the video needs none)."""
+        conv = self.encoder.conv_in.conv
+        p = self.cfg.patch_size
+        first_conv = 2.0 * conv.weight.numel() * frames * (height // p) * (width // p)
+        return 3.0 * self.flops_per_video(frames, height, width) - first_conv
+
     # ----- checks -----
     def _fsq(self, what: str) -> FSQuantizer:
         if not isinstance(self.bottleneck, FSQuantizer):

@@ -132,11 +132,12 @@ class TokenizerTask:
         return out
 
     def flops_per_sample(self) -> float:
-        """3x the forward FLOPs of encoder + decoder on one training clip (discriminator not counted)."""
+        """Forward + backward FLOPs of encoder + decoder on one training clip
+        (``training_flops_per_video``; discriminator and perceptual network not counted)."""
         h, w = self.cfg.clip_size
         with torch.device("meta"):
             shadow = CausalVideoTokenizer(self.cfg.tokenizer_config())
-        return 3.0 * shadow.flops_per_video(self.cfg.clip_frames, h, w)
+        return shadow.training_flops_per_video(self.cfg.clip_frames, h, w)
 
     def tokens_per_sample(self) -> int:
         """Latent positions per clip (``T' * h * w``)."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.tokenizer.helpers import random_video, randomized, tiny_config
-from tokenizer import TokenizerConfig, VideoTokenizer, build_tokenizer
+from tokenizer import CausalVideoTokenizer, TokenizerConfig, VideoTokenizer, build_tokenizer
 from tokenizer.layers import ResBlock3d
 
 COMPRESSIONS = [(1, 8), (2, 8), (4, 8), (8, 8), (8, 16)]
@@ -167,6 +167,22 @@ def test_meta_build_then_init_gives_a_working_model_and_flops_grow_with_frames()
     assert 0 < f5 < f9 < 2 * f5 * 1.01
     # Conv FLOPs scale with pixels: 4x the area is ~4x the FLOPs.
     assert 3.5 < model.flops_per_video(5, 32, 32) / f5 < 4.5
+
+
+def test_the_256_to_512_px_preset_has_the_latent_grid_and_cost_its_comment_documents():
+    """tokenizer.config.PRESETS["cv8x16x16-p4"], counted on the meta device: 16x16 latents at 256 px,
+    32x32 at 512 px, ~200M parameters and ~0.44 TFLOP per frame forward at 512 px, a seventh of
+    cv8x16x16's, whose first stage runs at full resolution."""
+    with torch.device("meta"):
+        model = CausalVideoTokenizer(TokenizerConfig.preset("cv8x16x16-p4"))
+        full_res = CausalVideoTokenizer(TokenizerConfig.preset("cv8x16x16"))
+    assert model.latent_shape(17, 256, 256) == (16, 3, 16, 16)
+    assert model.latent_shape(121, 512, 512) == (16, 16, 32, 32)
+    assert model.encoder.conv_in.conv.in_channels == 3 * 4 * 4
+    assert 190e6 < sum(p.numel() for p in model.parameters()) < 210e6
+    per_frame = model.flops_per_video(9, 512, 512) / 9
+    assert 0.40e12 < per_frame < 0.48e12, per_frame
+    assert 6 < full_res.flops_per_video(9, 512, 512) / 9 / per_frame < 8
 
 
 def test_blocks_lists_every_residual_block_once_in_order():
