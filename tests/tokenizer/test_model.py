@@ -169,6 +169,13 @@ def test_meta_build_then_init_gives_a_working_model_and_flops_grow_with_frames()
     assert 3.5 < model.flops_per_video(5, 32, 32) / f5 < 4.5
 
 
+def test_encoder_flops_are_part_of_the_round_trip_and_the_decoder_is_the_rest():
+    model = build_tokenizer(tiny_config(4, 8), meta=True)
+    both, enc = model.flops_per_video(9, 16, 16), model.flops_per_video(9, 16, 16, decoder=False)
+    # The decoder mirrors the encoder, so neither half is negligible.
+    assert 0.2 * both < enc < 0.8 * both
+
+
 def test_blocks_lists_every_residual_block_once_in_order():
     model = build_tokenizer(tiny_config(4, 8))
     blocks = model.blocks()
