@@ -273,8 +273,9 @@ class CausalVideoTokenizer(nn.Module):
         if isinstance(self.bottleneck, FSQuantizer):
             self.bottleneck.reset_buffers()
 
-    def flops_per_video(self, frames: int, height: int, width: int) -> float:
-        """Forward FLOPs (encoder + decoder, one video ``T x H x W``), counted on the meta device."""
+    def flops_per_video(self, frames: int, height: int, width: int, decoder: bool = True) -> float:
+        """Forward FLOPs of one video ``T x H x W``, counted on the meta device: encoder + decoder,
+        or the encoder alone with ``decoder=False`` (what ``vidworld tokenize`` runs)."""
         from torch.utils.flop_counter import FlopCounterMode
 
         self._check_size(frames, height, width, "video")
@@ -282,7 +283,9 @@ class CausalVideoTokenizer(nn.Module):
             shadow = CausalVideoTokenizer(self.cfg)
         x = torch.empty(1, 3, frames, height, width, device="meta")
         with FlopCounterMode(display=False) as counter:
-            shadow.decoder(shadow.bottleneck.encode(shadow.encoder(x)))
+            z = shadow.bottleneck.encode(shadow.encoder(x))
+            if decoder:
+                shadow.decoder(z)
         return float(counter.get_total_flops())
 
     def training_flops_per_video(self, frames: int, height: int, width: int) -> float:

@@ -185,6 +185,13 @@ def test_the_256_to_512_px_preset_has_the_latent_grid_and_cost_its_comment_docum
     assert 6 < full_res.flops_per_video(9, 512, 512) / 9 / per_frame < 8
 
 
+def test_encoder_flops_are_part_of_the_round_trip_and_the_decoder_is_the_rest():
+    model = build_tokenizer(tiny_config(4, 8), meta=True)
+    both, enc = model.flops_per_video(9, 16, 16), model.flops_per_video(9, 16, 16, decoder=False)
+    # The decoder mirrors the encoder, so neither half is negligible.
+    assert 0.2 * both < enc < 0.8 * both
+
+
 def test_blocks_lists_every_residual_block_once_in_order():
     model = build_tokenizer(tiny_config(4, 8))
     blocks = model.blocks()
