@@ -66,7 +66,7 @@ from runtime.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from runtime.files import FolderBusy, folder_lock
+from runtime.files import FolderBusy, folder_lock, require_local_folder
 from runtime.health import FlatLoss, ThroughputDrop
 from runtime.metrics import Throughput, peak_flops, peak_memory_bytes
 from runtime.parallelize import parallelize
@@ -243,6 +243,10 @@ def load_train_config(
 
 
 def _check(cfg: TrainConfig) -> None:
+    try:
+        require_local_folder(cfg.run_dir, "run_dir")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     t = cfg.trainer
     if t.precision not in ("bf16", "fp32"):
         raise ConfigError(f"trainer.precision must be bf16 or fp32, got {t.precision!r}")
