@@ -70,8 +70,8 @@ DYN_P2 = [*DEMO_DYN, "model.patch_size=2"]
 @dataclasses.dataclass(frozen=True)
 class Case:
     """``bucket``: DeepSpeed's ``reduce_bucket_size`` (and ``allgather_bucket_size``) in values, set
-    for plan and measurement alike. The runtime leaves it at DeepSpeed's 5e8, a bucket allocated
-    whole that outweighs these small models; a small one lets the rest of the plan be checked."""
+    for plan and measurement alike. The runtime sizes them to the model's trainable parameters
+    (``runtime.train.bucket_values``: at most DeepSpeed's 5e8, at least 1e6)."""
 
     name: str
     config: str
@@ -88,8 +88,8 @@ def bucket_size(values: int | None) -> Iterator[None]:
         return
     original = rt.deepspeed_config
 
-    def with_buckets(t: Any, world_size: int) -> dict[str, Any]:
-        config = original(t, world_size)
+    def with_buckets(t: Any, world_size: int, trainable: int | None = None) -> dict[str, Any]:
+        config = original(t, world_size, trainable)
         config["zero_optimization"].update(reduce_bucket_size=values, allgather_bucket_size=values)
         return config
 

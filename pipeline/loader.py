@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import braceexpand
+import fsspec
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -76,8 +77,10 @@ class LoaderConfig:
 
     ``shards``: a glob (``dir/shard-*.tar``), a brace list (``dir/shard-{000000..000009}.tar``), a
     comma-separated list of either, or a dataset folder (``DIR`` holding ``shards/``, or a folder of
-    ``.tar`` files). Remote URLs (``http://``, ``s3://``...) pass through to WebDataset's ``gopen``;
-    ``pipe:CMD`` URLs run ``CMD`` in a shell, so they are refused unless ``allow_pipe`` is true.
+    ``.tar`` files), locally or in object storage (``s3://bucket/curated``, ``gs://...``: globs and
+    folders are listed and shards read through fsspec; install ``vidworld[s3]`` or ``vidworld[gcs]``).
+    ``http(s)://`` URLs go to WebDataset's ``gopen``; ``pipe:CMD`` URLs run ``CMD`` in a shell, so
+    they are refused unless ``allow_pipe`` is true.
     """
 
     shards: str = "???"  # from Python a list of paths (or globs) works too
@@ -125,6 +128,36 @@ def _is_url(spec: str) -> bool:
     return "://" in spec or spec.startswith("pipe:")
 
 
+def _on_fsspec(spec: str) -> bool:
+    """A URL read through fsspec (``s3://``, ``gs://``, ``file://``...); ``pipe:`` and ``http(s)://``
+    go through WebDataset's ``gopen``."""
+    return "://" in spec and not spec.startswith(("pipe:", "http://", "https://"))
+
+
+# fsspec filesystems that are optional extras of vidworld (pyproject.toml).
+_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    """``(fsspec filesystem, path)`` of a URL; a missing filesystem package names the extra to install."""
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        scheme = url.split("://", 1)[0]
+        extra = _EXTRAS.get(scheme)
+        fix = f"pip install 'vidworld[{extra}]'" if extra else f"install fsspec's {scheme}:// filesystem"
+        raise ImportError(f"reading {url} needs fsspec's {scheme}:// filesystem ({e}); {fix}") from e
+
+
+def open_shard(url: str) -> Any:
+    """A binary stream of a shard (or its index): a local path or a ``pipe:`` / ``http(s)://`` URL
+    through WebDataset's ``gopen``, any other URL (``s3://``, ``gs://``...) through fsspec."""
+    if _on_fsspec(url):
+        fs, path = _filesystem(url)
+        return fs.open(path, "rb", block_size=1 << 22)
+    return gopen(url, bufsize=1 << 20)  # shards are read start to end: large reads
+
+
 def resolve_shards(
     shards: str | os.PathLike | Sequence[str | os.PathLike], allow_pipe: bool = False
 ) -> list[str]:
@@ -163,6 +196,8 @@ def resolve_shards(
 
 
 def _expand_one(item: str, pattern: str) -> list[str]:
+    if _on_fsspec(item):
+        return _expand_fsspec(item, pattern)
     if _is_url(item):
         return [item]
     if os.path.isdir(item):
@@ -183,6 +218,26 @@ def _expand_one(item: str, pattern: str) -> list[str]:
             )
         return found
     return [item]
+
+
+def _expand_fsspec(item: str, pattern: str) -> list[str]:
+    """A bucket URL: a glob, a dataset folder (its ``shards/``) or a folder of ``.tar``, or one shard."""
+    fs, path = _filesystem(item)
+    if glob.has_magic(path):
+        found = sorted(p for p in fs.glob(path) if p.endswith(".tar"))
+    elif fs.isdir(path):
+        folder = f"{path.rstrip('/')}/shards" if fs.isdir(f"{path.rstrip('/')}/shards") else path.rstrip("/")
+        found = sorted(p for p in fs.glob(f"{folder}/*.tar"))
+    elif fs.exists(path):
+        return [item]
+    else:
+        found = []
+    if not found:
+        raise FileNotFoundError(
+            f"shard spec {pattern!r} matches no .tar shards in object storage; check the bucket and the "
+            "path, or run the job that writes the shards"
+        )
+    return [fs.unstrip_protocol(p) for p in found]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -361,7 +416,7 @@ def shard_index(url: str) -> tuple[list[dict[str, Any]], int]:
     if not url.startswith("pipe:"):
         try:
             if remote:
-                with gopen(index_path(url)) as f:
+                with open_shard(index_path(url)) as f:
                     body = json.loads(f.read())
             else:
                 with open(index_path(url), encoding="utf-8") as f:
@@ -372,7 +427,7 @@ def shard_index(url: str) -> tuple[list[dict[str, Any]], int]:
             pass
     try:
         if remote:
-            with gopen(url, bufsize=1 << 20) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
                 return _scan_rows(tar, url)
         with tarfile.open(url, mode="r:") as tar:
             return _scan_rows(tar, url)
@@ -572,7 +627,9 @@ class ShardStream(IterableDataset):
 
     def _read_shard(self, url: str) -> Iterator[dict[str, Any]]:
         try:
-            stream = gopen(url, bufsize=1 << 20)  # shards are read start to end: large reads
+            stream = open_shard(url)
+        except ImportError:  # a filesystem package to install: say so rather than skip every shard
+            raise
         except Exception as e:
             self._handle(e)
             return

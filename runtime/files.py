@@ -77,11 +77,25 @@ class FolderBusy(RuntimeError):
     """Another live process is writing the folder; the message names it."""
 
 
+def require_local_folder(folder: str | os.PathLike, key: str) -> None:
+    """Refuse a URL (``s3://``, ``gs://``...) where an output folder goes: ``Path`` would quietly turn
+    ``s3://b/x`` into a local folder ``s3:/b/x``. Raises ``ValueError`` naming ``key`` and the fix."""
+    text = os.fspath(folder)
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise ValueError(
+            f"{key}={text!r} is a {scheme}:// URL, but outputs are written to a local or shared filesystem "
+            "folder (inputs and shards can be read from object storage; outputs cannot be written there "
+            f"yet). Set {key} to a folder, and copy it to the bucket afterwards (e.g. aws s3 sync DIR {text})"
+        )
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str = "") -> Iterator[Path]:
     """Hold ``folder``'s writer lock for the block (the folder is created); raises ``FolderBusy``
-    at once when another process holds it. ``what`` (e.g. "vidworld train") is recorded for the
-    message a second writer gets."""
+    at once when another process holds it, and ``ValueError`` for a URL (``require_local_folder``).
+    ``what`` (e.g. "vidworld train") is recorded for the message a second writer gets."""
+    require_local_folder(folder, "output")
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     path = root / LOCK_FILE

@@ -40,7 +40,8 @@ runs by ``bench/memory.py``, figures in BENCHMARKS.md):
 - optimizer state: stage 0 Adam m and v, ``8 P``, and in bf16 an fp32 master copy, ``4 P``; stages
   1-3 ``12 P/N``: fp32 master, m and v, partitioned (the master copy exists in fp32 too).
 - reduce bucket: stages 1-2 allocate ``reduce_bucket_size`` values (twice with ``overlap_comm``)
-  in every backward, whole whatever the model's size; stage 3 keeps one, and gathers up to
+  in every backward, whole whatever the model's size (training sets it to the trainable parameter
+  count when below DeepSpeed's 5e8, ``runtime.train.bucket_values``); stage 3 keeps one, and gathers up to
   ``min(P, stage3_max_live_parameters)`` parameters (counted twice: they and the all-gather buffer).
 - optimizer step: stage 0 the gradients and one fp32 temporary (in bf16: their fp32 copy) ``4 P``;
   stages 1-3 ``12 P/N`` (the fp32 gradient partition and two temporaries).
@@ -510,15 +511,16 @@ def reserve_bytes(device_bytes: int) -> int:
     return RESERVE_FIXED + int(RESERVE_FRACTION * device_bytes)
 
 
-def zero_config(trainer: TrainerConfig, gpus: int) -> Any:
-    """DeepSpeed's own reading of the run's ``zero_optimization`` section, its defaults filled in;
-    ``None`` at stage 0, which has no ZeRO settings (and so plans without importing DeepSpeed)."""
+def zero_config(trainer: TrainerConfig, gpus: int, trainable: int | None = None) -> Any:
+    """DeepSpeed's own reading of the run's ``zero_optimization`` section (buckets sized for
+    ``trainable`` parameters, as training sizes them), its defaults filled in; ``None`` at stage 0,
+    which has no ZeRO settings (and so plans without importing DeepSpeed)."""
     if trainer.zero_stage == 0:
         return None
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig  # heavy: imported only to plan
 
-    return DeepSpeedZeroConfig(**deepspeed_config(trainer, gpus)["zero_optimization"])
+    return DeepSpeedZeroConfig(**deepspeed_config(trainer, gpus, trainable)["zero_optimization"])
 
 
 def state_rows(trainer: TrainerConfig, counts: ModelCounts, gpus: int, zero: Any) -> list[Row]:
@@ -563,9 +565,7 @@ def state_rows(trainer: TrainerConfig, counts: ModelCounts, gpus: int, zero: Any
         )
     if s in (1, 2) and zero.contiguous_gradients:
         copies = 2 if zero.overlap_comm else 1
-        note = (
-            f"{copies} x {zero.reduce_bucket_size:.0e} values (reduce_bucket_size), whatever the model's size"
-        )
+        note = f"{copies} x {zero.reduce_bucket_size:.0e} values (the trainable count, at most 5e8)"
         rows.append(Row("reduce bucket", copies * bucket, "backward", note))
     if s == 0:
         copy = "their fp32 copy" if dtype == "bf16" else "an fp32 temporary"
@@ -626,8 +626,9 @@ class Planner:
         self.cfg, self.gpus, self.device_type = cfg, gpus, device_type
         self.block = CUDA_BLOCK if device_type == "cuda" else 1
         self.task = resolve_task_class(cfg.task)(cfg.model, cfg)
-        self.zero = zero_config(cfg.trainer, gpus)
         model = build_on_meta(self.task)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.zero = zero_config(cfg.trainer, gpus, trainable)
         threshold = self.zero.param_persistence_threshold if self.zero is not None else 0
         self.counts = ModelCounts.of(self.task, model, threshold)
         # The backends the model asks for; "auto" is sdpa wherever it runs (runtime.parallelize).

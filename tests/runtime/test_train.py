@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -101,6 +102,13 @@ def test_deepspeed_config_carries_the_trainer_settings():
     ds = deepspeed_config(cfg.trainer, world_size=2)
     assert ds["train_batch_size"] == cfg.trainer.micro_batch_size * 4 * 2
     assert ds["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu"}}
+    # Buckets: DeepSpeed's 5e8 values whatever the model's size, unless the model is smaller.
+    sized = deepspeed_config(cfg.trainer, world_size=2, trainable=3_000_000)["zero_optimization"]
+    assert sized["reduce_bucket_size"] == 3_000_000 and "allgather_bucket_size" not in sized  # stage 3
+    stage2 = dataclasses.replace(cfg.trainer, zero_stage=2)
+    small, large = (deepspeed_config(stage2, 2, trainable=n)["zero_optimization"] for n in (10, 7 * 10**9))
+    assert small["allgather_bucket_size"] == small["reduce_bucket_size"] == 1_000_000
+    assert large["reduce_bucket_size"] == 5 * 10**8
     assert ds["bf16"]["enabled"] and ds["gradient_clipping"] == cfg.trainer.grad_clip
     with pytest.raises(ConfigError, match="offload_optimizer"):
         load_train_config(REFERENCE_YAML, ["trainer.offload_optimizer=true"])
