@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dynamics import DynamicsConfig, build_dynamics
+from dynamics.evaluate import outcome_figures
 from dynamics.outcome import auroc, outcome_metrics, outcome_targets, symexp, symlog, twohot
 from dynamics.task import DynamicsTask
 from pipeline.loader import LoaderConfig
@@ -173,3 +174,20 @@ def test_maskgit_model_trains_both_heads():
     )
     pred = model.predict_outcomes(x, actions)
     assert pred["reward"].shape == pred["continue_prob"].shape == (4, 4)
+
+
+def test_evaluation_reports_outcome_figures_beside_their_baselines():
+    cfg = DynamicsConfig(
+        latent_channels=1, latent_height=4, latent_width=4, patch_size=1, dim=32, heads=2,
+        reward_head=True, continue_head=True,
+    )  # fmt: skip
+    x, actions, reward, cont = _dot_clips(3, 0, "diffusion")
+    batches = [{"x": x[i : i + 1], "actions": actions[i : i + 1], "rewards": reward[i : i + 1],
+                "continues": cont[i : i + 1]} for i in range(3)]  # fmt: skip
+    plain = SimpleNamespace(dynamics=build_dynamics(DynamicsConfig()))
+    assert outcome_figures(plain, batches)["status"].startswith("off")
+    got = outcome_figures(SimpleNamespace(dynamics=build_dynamics(cfg)), batches)
+    assert got["status"] == "computed" and got["clips"] == 3 and got["reward_frames"] == 12
+    # Untrained: reward 0 and P(continue) = 1/2 everywhere, i.e. the baselines' own figures.
+    assert got["reward_auroc"] == got["reward_auroc_zero"] == 0.5
+    assert got["reward_mse"] == pytest.approx(got["reward_mse_zero"])
