@@ -16,6 +16,7 @@ from dynamics.evaluate import outcome_figures
 from dynamics.outcome import auroc, outcome_metrics, outcome_targets, symexp, symlog, twohot
 from dynamics.task import DynamicsTask
 from pipeline.loader import LoaderConfig
+from pipeline.shards import ShardWriter
 from tests.dynamics.dotworld import as_latents, dot_world
 
 NAN = math.nan
@@ -191,3 +192,34 @@ def test_evaluation_reports_outcome_figures_beside_their_baselines():
     # Untrained: reward 0 and P(continue) = 1/2 everywhere, i.e. the baselines' own figures.
     assert got["reward_auroc"] == got["reward_auroc_zero"] == 0.5
     assert got["reward_mse"] == pytest.approx(got["reward_mse_zero"])
+
+
+def test_heads_train_from_latent_shards_with_rewards_and_terminals(tmp_path):
+    # Two clips of 5 source frames (3 latent frames at tau = 2); one episode ends at its last action.
+    with ShardWriter(tmp_path, samples_per_shard=2) as w:
+        for i in range(2):
+            w.write(
+                f"clip{i}",
+                {
+                    "json": {"key": f"clip{i}", "num_frames": 5, "split": "train"},
+                    "latents.npy": np.zeros((3, 1, 4, 4), np.float16),
+                    "actions.npy": np.zeros(5, np.int64),
+                    "rewards.npy": np.array([0, 1, 0, 0, i], np.float32),
+                    "terminals.npy": np.array([0, 0, 0, 0, i], bool),
+                },
+            )
+    cfg = DynamicsConfig(
+        latent_channels=1, latent_height=4, latent_width=4, max_frames=3, temporal_compression=2,
+        reward_head=True, continue_head=True,
+    )  # fmt: skip
+    data = LoaderConfig(shards=str(tmp_path / "shard-*.tar"), batch_size=2, shuffle_buffer=0)
+    task = DynamicsTask(cfg, SimpleNamespace(data=data))
+    batch = next(task.batches(0, 1, 0, None))
+    by_key = dict(zip(batch["keys"], range(2), strict=True))
+    # Latent frame 2's group is source transitions 4, 5: clip0 stops after 4 (unknown), clip1 ended there.
+    assert _same(batch["rewards"][by_key["clip0"]], [1.0, 0.0, NAN])
+    assert _same(batch["continues"][by_key["clip0"]], [1.0, 1.0, NAN])
+    assert _same(batch["rewards"][by_key["clip1"]], [1.0, 0.0, 1.0])
+    assert _same(batch["continues"][by_key["clip1"]], [1.0, 1.0, 0.0])
+    out = task.loss(build_dynamics(cfg), batch)
+    assert out["reward_loss"] > 0 and out["continue_loss"] > 0 and torch.isfinite(out["loss"])
