@@ -106,9 +106,9 @@ class DynamicsConfig:
 
     # Reward and continuation heads (DreamerV3), off by default: a model without them has exactly
     # the parameters it had before they existed. Both read the backbone's per-frame state (the last
-    # block's tokens of a frame, mean-pooled) and predict the transition out of that frame into the
-    # next (dynamics/outcome.py says why that way round); training needs KEY.rewards.npy and, for
-    # the continuation head, KEY.terminals.npy in the shards.
+    # block's tokens of a frame, pooled): the reward of the transition into the frame, and whether
+    # the episode goes on after it (dynamics/outcome.py says why); training needs KEY.rewards.npy
+    # and, for the continuation head, KEY.terminals.npy in the shards.
     reward_head: bool = False
     reward_loss: str = "mse"  # mse: MSE on symlog(reward); twohot: cross-entropy over symlog bins
     reward_bins: int = 255  # twohot: bins evenly spaced over symlog rewards in [-20, 20]

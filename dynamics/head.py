@@ -144,8 +144,8 @@ class DynamicsHead(nn.Module):
     @torch.no_grad()
     def predict_outcomes(self, x: Tensor, actions: Actions = None) -> dict[str, Tensor]:
         """Per latent frame of clean ``x`` (the head's layout) under ``actions``: ``reward`` ``[B, T]``
-        (reward units) and ``continue_prob`` ``[B, T]`` of the transition out of each frame
-        (``dynamics.outcome``), each present when the model has that head."""
+        (reward units) of the transition into each frame and ``continue_prob`` ``[B, T]`` of the
+        transition out of it (``dynamics.outcome``), each present when the model has that head."""
         if self.outcome is None:
             raise ValueError(
                 "this dynamics model has no reward or continuation head (model.reward_head and "

@@ -11,15 +11,21 @@ steps, and erratically. The weights let each group watch a region of the screen 
 Frame-causal attention means the state of latent frame ``t`` has seen frames ``0..t`` and the
 actions that led to them.
 
-What a frame's heads predict: the transition OUT of latent frame ``t`` into frame ``t + 1``. With
-temporal compression ``tau`` latent frame ``t + 1`` holds source frames ``1 + t tau .. (t+1) tau``,
-produced by the source actions ``t tau .. (t+1) tau - 1`` (``dynamics.task.group_actions``); its
-reward is the sum of their rewards and the episode ends there when any of their terminal flags is
-set. Why out of, not into, the frame: the source convention (``pipeline.samples``) records the
-frame an action is taken at, never the frame after the episode's last action, so the terminal
-transition leads out of the last recorded frame and into no frame at all; a head predicting
-"into frame t" could never see one. A target is unknown (NaN, no loss) where the clip's source
-frames end before the transition's group does, unless the episode ended inside it.
+What a frame's heads predict. With temporal compression ``tau``, latent frame ``t > 0`` holds source
+frames ``1 + (t-1) tau .. t tau``, produced by the source actions ``(t-1) tau .. t tau - 1`` (the
+group ``dynamics.task.group_actions`` gives frame ``t``).
+
+- Reward: the transition INTO frame ``t``, the summed reward of the actions of its group, as in
+  DreamerV3 (``r_t`` read from the state that has seen the frame the actions led to, so a reward
+  that shows on the screen, a brick gone, is seen, not foretold). Frame 0 has no transition into
+  it: unknown. In a rollout the model generates frame ``t`` and then reads its reward.
+- Continuation: whether the episode goes on after frame ``t`` (the transition OUT of it, source
+  actions ``t tau .. (t+1) tau - 1``): 0 when one of their terminal flags is set. Not "into": the
+  source convention (``pipeline.samples``) records the frame an action is taken at, never the frame
+  after the episode's last action, so the terminal transition leads out of the last recorded frame
+  into no frame at all. The last recorded frame so plays DreamerV3's terminal observation. Unknown
+  (NaN, no loss) where the clip's source frames stop inside the group, unless the episode ended
+  inside it.
 
 Reward: ``symlog`` targets (``sign(r) log(1 + |r|)``) with an MSE, or a cross-entropy against a
 two-hot encoding over ``reward_bins`` evenly spaced symlog bins in ``[-20, 20]``
@@ -73,7 +79,8 @@ def outcome_targets(
     """Per-source-frame ``rewards`` ``[B, T]`` and ``terminals`` ``[B, T]`` (bool; ``None``: not
     recorded) -> per-latent-frame targets ``(reward [B, T'], continue [B, T'])``, float, NaN where
     unknown (see the module docstring): ``reward[:, t]`` is the summed reward of source transitions
-    ``t tau .. (t+1) tau - 1``, ``continue[:, t]`` is 0 when one of them ended the episode, else 1.
+    ``(t-1) tau .. t tau - 1`` (into frame ``t``; NaN for ``t = 0``), ``continue[:, t]`` is 0 when
+    one of the transitions ``t tau .. (t+1) tau - 1`` (out of frame ``t``) ended the episode, else 1.
     Without terminals the continuation target is ``None``."""
     present = rewards if rewards is not None else terminals
     if present is None:
@@ -94,7 +101,9 @@ def outcome_targets(
     nan = torch.tensor(float("nan"), device=present.device)
     reward = None
     if rewards is not None:
-        reward = torch.where(valid, grouped(rewards, 0.0).sum(-1), nan)
+        # The group out of frame t - 1 is the group into frame t; it always lies inside the clip.
+        out_of = grouped(rewards, 0.0).sum(-1)
+        reward = torch.cat([torch.full_like(out_of[:, :1], float("nan")), out_of[:, :-1]], dim=1)
     cont = None if terminals is None else torch.where(valid, (~ended).float(), nan)
     return reward, cont
 

@@ -17,9 +17,9 @@ for that frame (their embeddings are summed, so a held or a changed action both 
 gets the reserved "no action" index ``num_actions`` (zeros for continuous actions).
 
 Rewards and terminal flags to latent frames, for the reward and continuation heads: latent frame
-``t`` is labelled with the transition out of it, the source transitions ``t tau .. (t+1) tau - 1``
-(the actions grouped with frame ``t + 1`` above): their summed reward, and whether one of them
-ended the episode (``dynamics.outcome.outcome_targets``; NaN where the clip does not say).
+``t`` gets the summed reward of the actions grouped with it above (the transition into it; none
+for frame 0), and whether one of the actions grouped with frame ``t + 1`` ended the episode (the
+transition out of it) (``dynamics.outcome.outcome_targets``; NaN where the clip does not say).
 
 Clips longer than ``max_frames`` latent frames are cut to a random window of ``max_frames``.
 Shorter clips (the loader batches clips of one length) train on all their frames: the loss dict

@@ -27,20 +27,21 @@ def _same(a: torch.Tensor, b: list) -> bool:
 
 
 def test_targets_label_each_latent_frame_with_the_transition_out_of_it():
-    # 7 source frames, tau = 2 -> latent frames 0..3; latent frame t's transition out of it is source
-    # transitions 2t, 2t+1 (the actions grouped with latent frame t + 1).
+    # 7 source frames, tau = 2 -> latent frames 0..3. The reward of latent frame t is that of source
+    # transitions 2t-2, 2t-1 (into it: the actions grouped with it); its continuation is about source
+    # transitions 2t, 2t+1 (out of it: the actions grouped with latent frame t + 1).
     rewards = torch.tensor([[1.0, 0, 0, 2, 0, 0, 5]])
     terminals = torch.tensor([[False, False, False, False, False, False, False]])
     reward, cont = outcome_targets(rewards, terminals, latent_frames=4, tau=2)
-    # Latent frame 3's group is source transitions 6, 7: only 6 is recorded -> unknown.
-    assert _same(reward, [[1.0, 2.0, 0.0, NAN]]) and _same(cont, [[1.0, 1.0, 1.0, NAN]])
-    # An episode that ends inside the incomplete group is known: it ended, with the rewards seen.
+    # Nothing leads into frame 0; out of frame 3 are source transitions 6, 7: only 6 is recorded.
+    assert _same(reward, [[NAN, 1.0, 2.0, 0.0]]) and _same(cont, [[1.0, 1.0, 1.0, NAN]])
+    # An episode that ends inside the incomplete group is known: it ended.
     terminals[0, 6] = True
     reward, cont = outcome_targets(rewards, terminals, latent_frames=4, tau=2)
-    assert _same(reward, [[1.0, 2.0, 0.0, 5.0]]) and _same(cont, [[1.0, 1.0, 1.0, 0.0]])
-    # Without terminal flags there is no continuation target; with tau = 1 rewards map one to one.
+    assert _same(reward, [[NAN, 1.0, 2.0, 0.0]]) and _same(cont, [[1.0, 1.0, 1.0, 0.0]])
+    # Without terminal flags there is no continuation target; with tau = 1 frame t gets rewards[t-1].
     reward, cont = outcome_targets(rewards, None, latent_frames=7, tau=1)
-    assert cont is None and _same(reward, rewards.tolist())
+    assert cont is None and _same(reward, [[NAN, 1.0, 0, 0, 2, 0, 0]])
 
 
 def test_prepare_windows_the_targets_with_the_latents():
@@ -58,11 +59,12 @@ def test_prepare_windows_the_targets_with_the_latents():
     }
     g = torch.Generator().manual_seed(0)
     seen = set()
+    plain = lambda t: tuple(None if math.isnan(v) else v for v in t[0].tolist())  # noqa: E731
     for _ in range(20):
         out = task.prepare(batch, g)
-        seen.add((tuple(out["rewards"][0].tolist()), tuple(out["continues"][0].tolist())))
-    # Full targets: rewards [1, 0, 3], continues [1, 1, 0]; a 2-frame window starts at 0 or 1.
-    assert seen == {((1.0, 0.0), (1.0, 1.0)), ((0.0, 3.0), (1.0, 0.0))}
+        seen.add((plain(out["rewards"]), plain(out["continues"])))
+    # Full targets: rewards [none, 1, 0], continues [1, 1, 0]; a 2-frame window starts at 0 or 1.
+    assert seen == {((None, 1.0), (1.0, 1.0)), ((1.0, 0.0), (1.0, 0.0))}
     with pytest.raises(ValueError, match="KEY.terminals.npy"):
         task.prepare({k: v for k, v in batch.items() if k != "terminals"}, g)
 
@@ -111,9 +113,9 @@ def test_heads_off_add_no_parameters():
 
 
 def _dot_clips(n: int, seed: int, head: str):
-    """Dot-world clips (4x4, 4 frames) and per-frame rules on the dot at frame t, which is what the
-    transition out of frame t is labelled with: reward 1 when the dot is in the top row, the episode
-    ends when it is in the rightmost column."""
+    """Dot-world clips (4x4, 4 frames) and per-frame targets from the dot at frame t: reward 1 for
+    the transition into frame t when it put the dot in the leftmost column; the episode ends after
+    frame t when the dot is in the rightmost column."""
     g = torch.Generator().manual_seed(seed)
     idx, actions = dot_world(n, 4, size=4, generator=g)
     col = idx.sum(-2).argmax(-1)  # [B, T] the column of the dot
@@ -216,10 +218,11 @@ def test_heads_train_from_latent_shards_with_rewards_and_terminals(tmp_path):
     task = DynamicsTask(cfg, SimpleNamespace(data=data))
     batch = next(task.batches(0, 1, 0, None))
     by_key = dict(zip(batch["keys"], range(2), strict=True))
-    # Latent frame 2's group is source transitions 4, 5: clip0 stops after 4 (unknown), clip1 ended there.
-    assert _same(batch["rewards"][by_key["clip0"]], [1.0, 0.0, NAN])
+    # Rewards into latent frames 1, 2: source transitions 0-1, 2-3. Out of latent frame 2: source
+    # transitions 4, 5: clip0 stops after 4 (unknown), clip1's episode ended at 4.
+    for key in ("clip0", "clip1"):
+        assert _same(batch["rewards"][by_key[key]], [NAN, 1.0, 0.0])
     assert _same(batch["continues"][by_key["clip0"]], [1.0, 1.0, NAN])
-    assert _same(batch["rewards"][by_key["clip1"]], [1.0, 0.0, 1.0])
     assert _same(batch["continues"][by_key["clip1"]], [1.0, 1.0, 0.0])
     out = task.loss(build_dynamics(cfg), batch)
     assert out["reward_loss"] > 0 and out["continue_loss"] > 0 and torch.isfinite(out["loss"])
