@@ -4,10 +4,12 @@ targets from the shards' per-frame rewards and terminal flags, and their held-ou
 The per-frame state is the backbone's last block output for a frame (``[B, T, N, D]``,
 ``DynamicsTransformer.forward(return_state=True)``) pooled over its ``N`` tokens with learned
 weights per token position, one set per group of ``D / heads`` channels: zero-initialised, so it
-starts as the mean. A plain mean cannot say *where* something is on the screen (the residual stream
-carries no absolute position, only attention's rotary phases do, and adaLN-Zero blocks start
-closed): on the dot-world test a mean-pooled head learned "the dot is in column 0" in about 3x more
-steps, and erratically. The weights let each group watch a region of the screen from the first step.
+starts as the mean. A plain mean can only say *where* something is on the screen once attention has
+written position into the tokens (the residual stream carries no absolute position, only rotary
+phases inside attention do); the weights let each group watch a region of the screen directly. On
+the dot-world tests (BENCHMARKS.md, 2026-12-07) they gave a 10x lower held-out reward MSE than the
+plain mean (AUROC 1.00 against 0.96) but a lower continuation accuracy (0.95 against 0.99): a
+modest, mixed gain for ``heads x N`` parameters.
 Frame-causal attention means the state of latent frame ``t`` has seen frames ``0..t`` and the
 actions that led to them.
 
