@@ -17,6 +17,7 @@ ACTION_INJECTIONS = ("adaln", "add")
 BACKENDS = ("auto", "math", "sdpa", "flex", "flash-attn")
 PREDICTIONS = ("v", "x0")
 SAMPLERS = ("euler", "heun")
+REWARD_LOSSES = ("mse", "twohot")
 
 
 @dataclass
@@ -103,6 +104,18 @@ class DynamicsConfig:
     # Shift of the noise-level schedule towards high noise (SD3 "timestep shift"); 1 = uniform.
     schedule_shift: float = 1.0
 
+    # Reward and continuation heads (DreamerV3), off by default: a model without them has exactly
+    # the parameters it had before they existed. Both read the backbone's per-frame state (the last
+    # block's tokens of a frame, pooled): the reward of the transition into the frame, and whether
+    # the episode goes on after it (dynamics/outcome.py says why); training needs KEY.rewards.npy
+    # and, for the continuation head, KEY.terminals.npy in the shards.
+    reward_head: bool = False
+    reward_loss: str = "mse"  # mse: MSE on symlog(reward); twohot: cross-entropy over symlog bins
+    reward_bins: int = 255  # twohot: bins evenly spaced over symlog rewards in [-20, 20]
+    reward_loss_weight: float = 1.0
+    continue_head: bool = False  # P(the episode goes on), binary cross-entropy
+    continue_loss_weight: float = 1.0
+
     # MaskGIT head.
     maskgit_steps: int = 4
     temperature: float = 1.0
@@ -116,6 +129,7 @@ class DynamicsConfig:
             ("attention_backend", BACKENDS),
             ("prediction", PREDICTIONS),
             ("sampler", SAMPLERS),
+            ("reward_loss", REWARD_LOSSES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DynamicsConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
@@ -163,6 +177,13 @@ class DynamicsConfig:
                 "DynamicsConfig.lam: the latent action model reads continuous latents; the maskgit head "
                 "trains on FSQ indices. Drop model.lam or use a continuous tokenizer"
             )
+        if self.reward_loss == "twohot" and self.reward_bins < 2:
+            raise ValueError(
+                f"DynamicsConfig.reward_bins={self.reward_bins} must be >= 2 for reward_loss=twohot"
+            )
+        for name in ("reward_loss_weight", "continue_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DynamicsConfig.{name}={getattr(self, name)} must be >= 0")
         if self.action_type == "continuous" and self.action_dim <= 0:
             raise ValueError("DynamicsConfig.action_type='continuous' needs action_dim > 0")
 

@@ -103,22 +103,26 @@ class DiffusionDynamics(DynamicsHead):
         write_cache: bool = False,
         prev: Tensor | None = None,
         prev_level: Tensor | None = None,
-    ) -> Tensor:
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Network output for noisy frames ``x`` ``[B, T, h, w, C]`` at levels ``s`` ``[B, T]``.
 
         Residual models also take each frame's predecessor ``prev`` (like ``x``; zeros for frame
         0) at augmentation level ``prev_level`` ``[B, T]`` (zeros when None), and return the
         clean-frame estimate ``prev + network output``. Otherwise the raw output (v or x0).
+        ``return_state``: also the last block's tokens ``[B, T, N, D]`` (``DynamicsTransformer.forward``).
         """
         cond = self.noise_embed(s)
         if not self.cfg.residual:
-            return self.backbone(x, actions, cond, cache, write_cache)
+            return self.backbone(x, actions, cond, cache, write_cache, return_state)
         if prev is None:
             raise ValueError("a residual dynamics model needs each frame's predecessor: pass prev=")
         level = torch.zeros_like(s) if prev_level is None else prev_level
         assert self.context_noise_embed is not None
         cond = cond + self.context_noise_embed(level)
-        out = self.backbone(torch.cat([x, prev], dim=-1), actions, cond, cache, write_cache)
+        out = self.backbone(torch.cat([x, prev], dim=-1), actions, cond, cache, write_cache, return_state)
+        if return_state:
+            return prev + out[0], out[1]
         return prev + out
 
     def _x0_eps(self, x: Tensor, s: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
@@ -140,11 +144,18 @@ class DiffusionDynamics(DynamicsHead):
         return k * u / (1 + (k - 1) * u)
 
     # -- training ----------------------------------------------------------------------------
-    def loss(self, latents: Tensor, actions: Actions = None) -> dict[str, Tensor]:
+    def loss(
+        self,
+        latents: Tensor,
+        actions: Actions = None,
+        rewards: Tensor | None = None,
+        continues: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """Diffusion-forcing loss for latents ``[B, C, T, h, w]`` and actions ``[B, T]`` / ``[B, T, A]``.
 
         Returns ``loss`` (MSE of the prediction target) and ``x0_mse`` (error of the implied clean
-        latents, comparable between ``v`` and ``x0`` prediction).
+        latents, comparable between ``v`` and ``x0`` prediction). With outcome heads, their losses
+        too, on the states of this same pass (``add_outcome_losses``; targets ``[B, T]``).
         """
         cfg = self.cfg
         self.check_input(latents, "latents")
@@ -157,13 +168,14 @@ class DiffusionDynamics(DynamicsHead):
         xs = (1 - sb) * x0 + sb * eps
         actions = self.drop_actions(actions)
         if not cfg.residual:
-            out = self.predict(xs, s, actions)
+            out, state = self.predict(xs, s, actions, return_state=True)
             target = eps - x0 if cfg.prediction == "v" else x0
             x0_hat, _ = self._x0_eps(xs, sb, out)
-            return {
+            losses = {
                 "loss": F.mse_loss(out.float(), target.float()),
                 "x0_mse": F.mse_loss(x0_hat.float().detach(), x0.float()),
             }
+            return self.add_outcome_losses(losses, state, rewards, continues)
         if t < 2:
             raise ValueError(
                 "a residual dynamics model trains on clips of >= 2 latent frames (model.max_frames)"
@@ -173,7 +185,7 @@ class DiffusionDynamics(DynamicsHead):
         if cfg.self_forcing > 0:
             prev = self.own_predecessors(x0, prev, actions, cfg.self_forcing)
         prev = prev + level[:, :, None, None, None].to(x0.dtype) * torch.randn_like(prev)
-        x0_hat = self.predict(xs, s, actions, prev=prev, prev_level=level)
+        x0_hat, state = self.predict(xs, s, actions, prev=prev, prev_level=level, return_state=True)
         # Frame 0 has no predecessor: it is context, not a target.
         err = (x0_hat[:, 1:].float() - x0[:, 1:].float()) ** 2
         copy = (x0[:, :-1].float() - x0[:, 1:].float()) ** 2
@@ -181,11 +193,12 @@ class DiffusionDynamics(DynamicsHead):
             loss = relative_to_copy_last(err, copy, cfg.relative_floor)
         else:
             loss = err.mean()
-        return {
+        losses = {
             "loss": loss,
             "x0_mse": err.detach().mean(),
             "copy_last_mse": copy.mean(),  # what copying the previous frame would score
         }
+        return self.add_outcome_losses(losses, state, rewards, continues)
 
     @torch.no_grad()
     def own_predecessors(self, x0: Tensor, prev: Tensor, actions: Actions, p: float) -> Tensor:
@@ -244,6 +257,12 @@ class DiffusionDynamics(DynamicsHead):
         if sampler not in ("euler", "heun"):
             raise ValueError(f"sampler={sampler!r}; choose euler or heun")
         return {"steps": steps or self.cfg.sampling_steps, "sampler": sampler}
+
+    def frame_state(self, frames: Tensor, actions: Actions) -> Tensor:
+        b, t = frames.shape[:2]
+        prev = self.predecessors(frames) if self.cfg.residual else None
+        zero = torch.zeros(b, t, device=frames.device)
+        return self.predict(frames, zero, actions, prev=prev, return_state=True)[1]
 
     def write_cache(self, frames: Tensor, before: Tensor | None, actions: Actions, cache: KVCache) -> None:
         b, t = frames.shape[:2]

@@ -58,6 +58,11 @@ horizon ``h`` (mean over branches; PSNR in dB per source frame on uint8 at branc
 Skipped (and said so) for a model without actions, or with continuous ones (branch files hold
 discrete Atari actions).
 
+Reward and continuation (models with ``model.reward_head`` / ``model.continue_head``; the clips
+must then have ``KEY.rewards.npy`` / ``KEY.terminals.npy``): every latent frame of the evaluated
+clips, clean, under the recorded actions: reward-event AUROC, reward MSE and continuation accuracy
+beside the always-zero and base-rate predictors (``outcome_figures``; eval.json ``outcomes``).
+
 Outputs (the file names below are this module's constants, EVAL_JSON...; vidworld/report.py
 documents the folder): ``compounding_error.csv``, ``action_sensitivity.csv``, ``counterfactual.csv``,
 ``compounding_error.png``, ``rollout.mp4`` (the first clip, truth | model, at the frame rate its
@@ -90,6 +95,7 @@ import torch
 from av.video.reformatter import VideoReformatter
 from torch import Tensor
 
+from dynamics.outcome import outcome_metrics
 from dynamics.rollout import (
     SamplingConfig,
     WorldModel,
@@ -98,6 +104,7 @@ from dynamics.rollout import (
     source_frames,
     source_slice,
 )
+from dynamics.transformer import FrameActions
 from dynamics.verdict import (
     COMPOUNDING_COLUMNS,
     COUNTERFACTUAL_COLUMNS,
@@ -643,6 +650,8 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
     field = "indices" if world.cfg.is_discrete else "latents"
     uses_actions = world.cfg.action_type != "none"
     require = [field] + (["actions"] if uses_actions else [])
+    require += ["rewards"] if world.cfg.reward_head else []
+    require += ["terminals"] if world.cfg.continue_head else []
     long_enough = (s for s in iter_split(cfg.shards, cfg.split, require) if s[field].shape[0] >= need)
     chosen = select_samples(long_enough, cfg.max_clips, cfg.seed)
     if not chosen:
@@ -663,9 +672,11 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
     # Read and check the branch files before the long part, so that a bad one fails at once.
     windows, cf_hz, cf_note = load_branch_windows(cfg, world) if cf_status == "computed" else ([], 0, "")
     truth_by_key = clip_frames_by_key(cfg.clips, cfg.split, {s["key"] for s in chosen})
-    prepared, latents = [], []
+    prepared, latents, outcome_batches = [], [], []
     for s in chosen:
         batch = world.prepare_batch(s)
+        if getattr(world.dynamics, "outcome", None) is not None:
+            outcome_batches.append(batch)
         x, actions = batch["x"], batch["actions"]
         prepared.append((world.slice(x, 0, need), None if actions is None else actions[:, :need]))
         if batch.get("latent_actions") is not None:
@@ -763,6 +774,7 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
             "rows": latent_rows,
         },
         "verdict": judge_compounding(rows).flags(),
+        "outcomes": outcome_figures(world, outcome_batches),
         "counterfactual": {
             "status": cf_status,
             "branches": len(windows),
@@ -788,6 +800,28 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
     atomic_write_text(out / EVAL_JSON, json.dumps(_finite_or_null(info), indent=2))
     log_to_wandb(cfg, out, rows, action_rows, info)
     return {**info, "rows": rows, "action_rows": action_rows}
+
+
+def outcome_figures(world: WorldModel, batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reward and continuation heads' held-out figures over the evaluated clips (``batches``:
+    ``WorldModel.prepare_batch`` outputs), every latent frame of each clip, from its clean latents
+    under its recorded actions (``DynamicsHead.predict_outcomes``), each beside its trivial baseline
+    (``dynamics.outcome.outcome_metrics``); ``status`` says when the model has no such head."""
+    model = world.dynamics
+    if getattr(model, "outcome", None) is None:
+        return {"status": "off: the model has no reward or continuation head"}
+    cols: dict[str, list[np.ndarray]] = {"reward": [], "rewards": [], "continue_prob": [], "continues": []}
+    for b in batches:
+        pred = model.predict_outcomes(b["x"], FrameActions.of(b["actions"], b.get("latent_actions")))
+        for name, target in (("reward", "rewards"), ("continue_prob", "continues")):
+            if name in pred and isinstance(b.get(target), Tensor):
+                cols[name].append(pred[name].float().cpu().numpy().ravel())
+                cols[target].append(b[target].float().cpu().numpy().ravel())
+    arrays = {k: np.concatenate(v) if v else None for k, v in cols.items()}
+    figures = outcome_metrics(
+        arrays["reward"], arrays["rewards"], arrays["continue_prob"], arrays["continues"]
+    )
+    return {"status": "computed", "clips": len(batches), **figures}
 
 
 def _finite_or_null(obj: Any) -> Any:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dynamics.config import DynamicsConfig
+from dynamics.outcome import OutcomeHeads
 from dynamics.transformer import (
     Actions,
     DynamicsTransformer,
@@ -49,6 +50,9 @@ class DynamicsHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = DynamicsTransformer(cfg, in_features, out_features)
+        # Reward / continuation heads (model.reward_head, model.continue_head): no module at all when
+        # both are off, so such a model's parameters and checkpoints are what they always were.
+        self.outcome = OutcomeHeads(cfg) if cfg.reward_head or cfg.continue_head else None
 
     # -- what the runtime uses ---------------------------------------------------------------
     @property
@@ -57,11 +61,20 @@ class DynamicsHead(nn.Module):
         return self.backbone.blocks
 
     def forward(
-        self, x: Tensor, actions: Tensor | None = None, latent_actions: Tensor | None = None
+        self,
+        x: Tensor,
+        actions: Tensor | None = None,
+        latent_actions: Tensor | None = None,
+        rewards: Tensor | None = None,
+        continues: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The training loss (see ``loss``): a wrapped model (DeepSpeed) is called like this.
-        ``latent_actions``: ``[B, T]`` codes of a latent action model (``FrameActions``)."""
-        return self.loss(x, FrameActions.of(actions, latent_actions))
+        ``latent_actions``: ``[B, T]`` codes of a latent action model (``FrameActions``);
+        ``rewards`` / ``continues``: ``[B, T]`` targets of the outcome heads (``dynamics.outcome``,
+        NaN = unknown), used only by a model that has them."""
+        if self.outcome is None:
+            return self.loss(x, FrameActions.of(actions, latent_actions))
+        return self.loss(x, FrameActions.of(actions, latent_actions), rewards, continues)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -69,6 +82,8 @@ class DynamicsHead(nn.Module):
         backbone first, then the head's own layers (``init_head_weights``)."""
         self.backbone.init_weights()
         self.init_head_weights()
+        if self.outcome is not None:
+            self.outcome.init_weights()
 
     def flops_per_sample(self, frames: int | None = None) -> float:
         """Training FLOPs (what MFU counts) for a clip of ``frames`` latent frames (default ``max_frames``).
@@ -79,6 +94,8 @@ class DynamicsHead(nn.Module):
         """
         t = frames or self.cfg.max_frames
         forward = self.backbone.forward_flops(t) + self.head_forward_flops(t)
+        if self.outcome is not None:
+            forward += self.outcome.forward_flops(t)
         return (3.0 + self.no_grad_forwards(t)) * forward
 
     # -- what a head provides ----------------------------------------------------------------
@@ -99,9 +116,43 @@ class DynamicsHead(nn.Module):
         (a tensor) or ``FrameActions``."""
         raise NotImplementedError
 
+    def frame_state(self, frames: Tensor, actions: Actions) -> Tensor:
+        """The last block's tokens ``[B, T, N, D]`` for clean frames ``[B, T, h, w(, C)]``
+        (frame-major), as a rollout writes them into the cache: what the outcome heads read outside
+        training."""
+        raise NotImplementedError
+
     def check_input(self, x: Tensor, name: str) -> None:
         """Raise ``ValueError`` (naming ``name``) when ``x`` is not in the head's layout."""
         raise NotImplementedError
+
+    # -- reward and continuation --------------------------------------------------------------
+    def add_outcome_losses(
+        self, losses: dict[str, Tensor], state: Tensor, rewards: Tensor | None, continues: Tensor | None
+    ) -> dict[str, Tensor]:
+        """Add the outcome heads' losses (weighted by ``model.reward_loss_weight`` /
+        ``continue_loss_weight``) to ``losses["loss"]`` and log each (``reward_loss``,
+        ``continue_loss``); ``state``: the last block's tokens ``[B, T, N, D]``. Nothing without
+        outcome heads."""
+        if self.outcome is None:
+            return losses
+        terms = self.outcome.loss(state, rewards, continues)
+        weights = {"reward_loss": self.cfg.reward_loss_weight, "continue_loss": self.cfg.continue_loss_weight}
+        losses["loss"] = losses["loss"] + sum(weights[k] * v for k, v in terms.items())
+        return {**losses, **{k: v.detach() for k, v in terms.items()}}
+
+    @torch.no_grad()
+    def predict_outcomes(self, x: Tensor, actions: Actions = None) -> dict[str, Tensor]:
+        """Per latent frame of clean ``x`` (the head's layout) under ``actions``: ``reward`` ``[B, T]``
+        (reward units) of the transition into each frame and ``continue_prob`` ``[B, T]`` of the
+        transition out of it (``dynamics.outcome``), each present when the model has that head."""
+        if self.outcome is None:
+            raise ValueError(
+                "this dynamics model has no reward or continuation head (model.reward_head and "
+                "model.continue_head are false): train one with them to predict outcomes"
+            )
+        self.check_input(x, "x")
+        return self.outcome.predict(self.frame_state(self.to_frames(x), FrameActions.of(actions)))
 
     def check_input_range(self, lo: float, hi: float, name: str) -> None:
         """Raise ``ValueError`` (naming ``name``) when input values spanning ``[lo, hi]`` are invalid

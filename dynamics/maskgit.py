@@ -56,23 +56,36 @@ class MaskGITDynamics(DynamicsHead):
         actions: Actions,
         cache: KVCache | None = None,
         write_cache: bool = False,
-    ) -> Tensor:
-        """Tokens ``[B, T, h, w]`` (``mask_id`` where hidden) -> logits ``[B, T, h, w, K]``."""
-        return self.backbone(self.token_embed(tokens), actions, None, cache, write_cache)
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Tokens ``[B, T, h, w]`` (``mask_id`` where hidden) -> logits ``[B, T, h, w, K]`` (and with
+        ``return_state`` the last block's tokens ``[B, T, N, D]``)."""
+        return self.backbone(self.token_embed(tokens), actions, None, cache, write_cache, return_state)
 
-    def loss(self, indices: Tensor, actions: Actions = None) -> dict[str, Tensor]:
-        """Masked-token cross-entropy for ``indices`` ``[B, T, h, w]``; ``loss`` and ``masked_accuracy``."""
+    def frame_state(self, frames: Tensor, actions: Actions) -> Tensor:
+        return self.logits(frames, actions, return_state=True)[1]
+
+    def loss(
+        self,
+        indices: Tensor,
+        actions: Actions = None,
+        rewards: Tensor | None = None,
+        continues: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Masked-token cross-entropy for ``indices`` ``[B, T, h, w]``; ``loss`` and ``masked_accuracy``
+        (and the outcome heads' losses, ``add_outcome_losses``)."""
         self.check_input(indices, "indices")
         self.check_values(indices, actions, "indices")
         b, t = indices.shape[:2]
         ratio = torch.cos(0.5 * math.pi * torch.rand(b, t, 1, 1, device=indices.device))
         masked = torch.rand(indices.shape, device=indices.device) < ratio
-        logits = self.logits(torch.where(masked, self.mask_id, indices), actions)
+        logits, state = self.logits(torch.where(masked, self.mask_id, indices), actions, return_state=True)
         ce = F.cross_entropy(logits.float().flatten(0, 3), indices.flatten(), reduction="none")
         w = masked.flatten().float()
         count = w.sum().clamp_min(1.0)
         acc = ((logits.argmax(-1) == indices).flatten().float() * w).sum() / count
-        return {"loss": (ce * w).sum() / count, "masked_accuracy": acc.detach()}
+        losses = {"loss": (ce * w).sum() / count, "masked_accuracy": acc.detach()}
+        return self.add_outcome_losses(losses, state, rewards, continues)
 
     # -- sampling (the loop is DynamicsHead.rollout) ------------------------------------------
     def sampling_options(

@@ -5,6 +5,8 @@ It trains on *latent shards*: WebDataset samples written by the tokenizer stage 
     KEY.latents.npy   float16/32 [T', C, h, w]   continuous latents (head: diffusion), or
     KEY.indices.npy   int        [T', h, w]      FSQ indices (head: maskgit)
     KEY.actions.npy   [T] or [T, A]              the source clip's per-frame actions (optional)
+    KEY.rewards.npy   float32 [T]                per-frame rewards (needed by model.reward_head)
+    KEY.terminals.npy bool [T]                   per-frame episode ends (needed by model.continue_head)
 
 Actions to latent frames. The source convention (``pipeline.samples``) is that ``actions[j]``
 is taken at source frame ``j`` and its result is frame ``j + 1``. With temporal compression
@@ -13,6 +15,11 @@ produced them are ``actions[(i-1) tau .. i tau - 1]``. All ``tau`` of them are g
 for that frame (their embeddings are summed, so a held or a changed action both show), shaped
 ``[B, T', tau]``. Latent frame 0 (the first source frame alone) has no action in the clip: it
 gets the reserved "no action" index ``num_actions`` (zeros for continuous actions).
+
+Rewards and terminal flags to latent frames, for the reward and continuation heads: latent frame
+``t`` gets the summed reward of the actions grouped with it above (the transition into it; none
+for frame 0), and whether one of the actions grouped with frame ``t + 1`` ended the episode (the
+transition out of it) (``dynamics.outcome.outcome_targets``; NaN where the clip does not say).
 
 Clips longer than ``max_frames`` latent frames are cut to a random window of ``max_frames``.
 Shorter clips (the loader batches clips of one length) train on all their frames: the loss dict
@@ -41,6 +48,7 @@ from torch import Tensor, nn
 
 from dynamics import build_dynamics, dynamics_class
 from dynamics.config import DynamicsConfig
+from dynamics.outcome import outcome_targets
 from pipeline.loader import ClipLoader, LoaderConfig, make_loader
 
 
@@ -210,6 +218,7 @@ class DynamicsTask(LatentShardTask):
                     )
                     keep = labeled.view(-1, *([1] * (actions.dim() - 1)))
                     actions = torch.where(keep, actions, none)
+        rewards, continues = self.outcomes(batch, t)
         start, end = self.window(t, cfg.max_frames, generator)
         x = x[:, start:end]
         if cfg.is_discrete:
@@ -219,10 +228,37 @@ class DynamicsTask(LatentShardTask):
         return {
             "x": x,
             "actions": None if actions is None else actions[:, start:end],
+            **({} if rewards is None else {"rewards": rewards[:, start:end]}),
+            **({} if continues is None else {"continues": continues[:, start:end]}),
             "keys": keys,
             "labeled": labeled,
             "short_clips": x.shape[0] if t < cfg.max_frames else 0,
         }
+
+    def outcomes(self, batch: dict[str, Any], latent_frames: int) -> tuple[Tensor | None, Tensor | None]:
+        """The outcome heads' targets ``[B, T']`` for a loader batch (``outcome_targets``): ``(None,
+        None)`` for a model without those heads. Refuses shards that lack what a head needs."""
+        cfg = self.cfg
+        if not (cfg.reward_head or cfg.continue_head):
+            return None, None
+        rewards, terminals = batch.get("rewards"), batch.get("terminals")
+        for on, name, value in (
+            (cfg.reward_head, "rewards", rewards),
+            (cfg.continue_head, "terminals", terminals),
+        ):
+            if on and not isinstance(value, Tensor):
+                raise ValueError(
+                    f"model.{'reward' if name == 'rewards' else 'continue'}_head=true trains on "
+                    f"KEY.{name}.npy but the batch has none (clips {list(batch.get('key') or [])[:4]}): "
+                    f"curate sources that record {name} (docs/formats.md), or turn the head off"
+                )
+        reward, cont = outcome_targets(
+            rewards if cfg.reward_head else None,
+            terminals if cfg.continue_head else None,
+            latent_frames,
+            cfg.temporal_compression,
+        )
+        return reward, cont
 
     def example_batch(self, batch_size: int) -> dict[str, Any]:
         """A random micro-batch of ``max_frames`` latent frames as ``prepare`` returns it, every clip
@@ -240,7 +276,12 @@ class DynamicsTask(LatentShardTask):
         elif cfg.action_type == "continuous":
             actions = torch.randn(b, t, tau, cfg.action_dim)
         labeled = torch.ones(b, dtype=torch.bool)
-        return {"x": x, "actions": actions, "keys": [], "labeled": labeled, "short_clips": 0}
+        out = {"x": x, "actions": actions, "keys": [], "labeled": labeled, "short_clips": 0}
+        if cfg.reward_head:
+            out["rewards"] = torch.zeros(b, t)
+        if cfg.continue_head:
+            out["continues"] = torch.ones(b, t)
+        return out
 
     def labeled(self, batch: dict[str, Any]) -> Tensor:
         """Bool ``[B]``: which clips of a loader batch train with their action labels (they have
@@ -311,7 +352,13 @@ class DynamicsTask(LatentShardTask):
                 actions = actions.to(p.dtype)
         labeled = batch.get("labeled")
         latent = self.latent_actions(x, labeled, self.cfg.latent_action_mix)
-        out = self.run_model(model, batch, x, actions, latent)
+        targets = ()
+        if self.cfg.reward_head or self.cfg.continue_head:
+            targets = tuple(
+                batch[k].to(p.device) if isinstance(batch.get(k), Tensor) else None
+                for k in ("rewards", "continues")
+            )
+        out = self.run_model(model, batch, x, actions, latent, *targets)
         b, t = x.shape[0], x.shape[1] if self.cfg.is_discrete else x.shape[2]
         self.account(out, batch, b, t)
         if isinstance(labeled, Tensor):

@@ -320,8 +320,11 @@ class DynamicsTransformer(nn.Module):
         cond: Tensor | None = None,
         cache: KVCache | None = None,
         write_cache: bool = False,
-    ) -> Tensor:
-        """``x`` ``[B, T, h, w, F_in]`` -> ``[B, T, h, w, F_out]``.
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """``x`` ``[B, T, h, w, F_in]`` -> ``[B, T, h, w, F_out]``; with ``return_state`` also the
+        last block's tokens ``[B, T, N, D]`` (what the reward and continuation heads pool into a
+        per-frame state, ``dynamics.outcome``).
 
         ``actions``: ``[B, T]`` long or ``[B, T, A]`` float, the action that led to each frame
         (or ``[B, T, k(, A)]``: ``k`` actions per frame, summed), or ``FrameActions`` with latent
@@ -366,7 +369,8 @@ class DynamicsTransformer(nn.Module):
         if cache is not None and write_cache:
             cache.frames += t
         fo = self.out_features
-        return out.reshape(b, t, gh, gw, p, p, fo).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h, w, fo)
+        out = out.reshape(b, t, gh, gw, p, p, fo).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h, w, fo)
+        return (out, tokens) if return_state else out
 
     def trim_cache(self, cache: KVCache, keep_frames: int) -> None:
         """Keep only the last ``keep_frames`` frames' keys and values (a sliding context window).

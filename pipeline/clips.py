@@ -149,6 +149,20 @@ def resample_rewards(rewards: np.ndarray, plan: ClipPlan) -> np.ndarray:
     return out
 
 
+def resample_terminals(terminals: np.ndarray, plan: ClipPlan) -> np.ndarray:
+    """``bool [clip_frames]``: a kept frame is terminal when one of the source frames it stands for
+    (itself up to the next kept frame) is, as ``resample_rewards`` sums their rewards; a repeated
+    frame stands for nothing new and is not."""
+    d = np.asarray(terminals).astype(bool)
+    ends = np.append(plan.indices[1:], plan.next_index)
+    out = np.zeros(len(plan.indices), bool)
+    for k, (a, b) in enumerate(zip(plan.indices, ends, strict=True)):
+        if k > 0 and a == plan.indices[k - 1]:
+            continue
+        out[k] = d[a : max(b, a + 1)].any()
+    return out
+
+
 def clip_scores(frames: np.ndarray) -> dict[str, float]:
     """Scores of ``uint8 [T, H, W, 3]`` frames: ``brightness`` (mean luma 0..255), ``motion`` (mean
     fraction of pixels whose luma changes by more than 8 from one frame to the next) and

@@ -56,6 +56,7 @@ from pipeline.clips import (
     filter_reason,
     resample_actions,
     resample_rewards,
+    resample_terminals,
     rotate,
 )
 from pipeline.inputs import InputItem, list_inputs, load_array, read_bytes
@@ -212,11 +213,12 @@ def check_sidecar(
     return None
 
 
-def _load_sidecars(item: InputItem, num_frames: int, num_actions: int | None = None) -> tuple[Any, Any]:
-    """The input's actions and rewards arrays (or None). Raises ``BadInput``: ``failed`` for a sidecar
-    that is not a valid array for this video (``check_sidecar``), to retry when it could not be read."""
-    arrays: dict[str, Any] = {"actions": None, "rewards": None}
-    for name, url in (("actions", item.actions), ("rewards", item.rewards)):
+def _load_sidecars(item: InputItem, num_frames: int, num_actions: int | None = None) -> tuple[Any, Any, Any]:
+    """The input's actions, rewards and terminals arrays (or None). Raises ``BadInput``: ``failed``
+    for a sidecar that is not a valid array for this video (``check_sidecar``), to retry when it
+    could not be read."""
+    arrays: dict[str, Any] = {"actions": None, "rewards": None, "terminals": None}
+    for name, url in (("actions", item.actions), ("rewards", item.rewards), ("terminals", item.terminals)):
         if url is None:
             continue
         try:
@@ -231,15 +233,16 @@ def _load_sidecars(item: InputItem, num_frames: int, num_actions: int | None = N
         if why:
             raise BadInput("failed", why)
         arrays[name] = arr
-    return arrays["actions"], arrays["rewards"]
+    return arrays["actions"], arrays["rewards"], arrays["terminals"]
 
 
 def curate_input(
     item: InputItem, cfg: CurateConfig
 ) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
     """Everything the job does to one input: returns its manifest row and its clips as
-    ``(key, members)`` with members ``mp4`` (bytes), ``json`` (dict), ``actions.npy`` and
-    ``rewards.npy`` (arrays, when the input has them). Never raises for bad input: the row says."""
+    ``(key, members)`` with members ``mp4`` (bytes), ``json`` (dict), ``actions.npy``,
+    ``rewards.npy`` and ``terminals.npy`` (arrays, when the input has them). Never raises for bad
+    input: the row says."""
     timing: Counter = Counter()
     t0 = time.perf_counter()
     info = None
@@ -310,13 +313,15 @@ def curate_input(
                 f"no scene is long enough for one clip of {cfg.clip_frames} frames at "
                 f"{cfg.fps:g} fps ({clip_s:.2f} s); video lasts {last_time:.2f} s",
             )
-        actions, rewards = _load_sidecars(item, reader.count, cfg.num_actions)
+        actions, rewards, terminals = _load_sidecars(item, reader.count, cfg.num_actions)
         clips: list[tuple[str, dict[str, Any]]] = []
         for plan, key, members in kept:
             if actions is not None:
                 members["actions.npy"] = resample_actions(actions, plan)
             if rewards is not None:
                 members["rewards.npy"] = resample_rewards(rewards, plan)
+            if terminals is not None:
+                members["terminals.npy"] = resample_terminals(terminals, plan)
             clips.append((key, members))
         if clips:
             row = make_row(
@@ -427,7 +432,13 @@ def _stage_with_ray(items: list[InputItem], cfg: CurateConfig, staging_dir: Path
     ctx.max_errored_blocks = -1  # a worker dying on one input must not stop the job; pack() reports it
 
     def stage(record: dict[str, Any]) -> dict[str, Any]:
-        item = InputItem(record["source"], record["caption"], record["actions"], record["rewards"])
+        item = InputItem(
+            record["source"],
+            record["caption"],
+            record["actions"],
+            record["rewards"],
+            terminals=record.get("terminals"),
+        )
         row = stage_input(item, cfg, staging_dir)
         return {"source": row["source"], "status": row["status"], "clips": row["clips"]}
 
@@ -624,7 +635,7 @@ def inputs_key(items: list[InputItem]) -> str:
     and its sidecars'; any input added, removed or edited changes it. One ``stat`` per file."""
     h = hashlib.sha1()
     for item in sorted(items, key=lambda i: i.source):
-        sides = [(u, input_version(InputItem(u))) for u in (item.actions, item.rewards) if u]
+        sides = [(u, input_version(InputItem(u))) for u in (item.actions, item.rewards, item.terminals) if u]
         h.update(json.dumps([item.source, input_version(item), item.caption, sides]).encode() + b"\n")
     return h.hexdigest()[:16]
 

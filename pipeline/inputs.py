@@ -6,8 +6,8 @@
   excepted; a file that is not a video still becomes an input so the manifest can say so);
 - a glob (``videos/**/*.mp4``) or an fsspec URL or URL glob (``s3://bucket/videos/``, ``memory://x.mp4``);
 - a list file ``*.txt`` (one URL per line, ``#`` comments), ``*.csv`` or ``*.parquet`` with a
-  ``url`` column and optional ``caption``, ``actions`` and ``rewards`` columns (URLs of ``.npy``
-  files). Relative paths in a list file are relative to the list file's folder.
+  ``url`` column and optional ``caption``, ``actions``, ``rewards`` and ``terminals`` columns (URLs
+  of ``.npy`` files). Relative paths in a list file are relative to the list file's folder.
 
 Each input has two names. ``source_id`` hashes its canonical location (the resolved absolute path,
 symlinks followed, or the URL), so one file named two ways (``videos/a.mp4``, ``./videos/a.mp4``,
@@ -16,8 +16,9 @@ job was given (the folder, the glob's fixed prefix, the list file's folder), so 
 which hashes ``name``, is the same wherever the folder lies or is mounted: moving ``samples/`` from
 ``/tmp`` to ``/data`` holds out the same videos.
 
-Beside a video ``NAME.EXT``, the files ``NAME.actions.npy`` and ``NAME.rewards.npy`` are picked up
-as its per-frame actions and rewards (see ``pipeline.samples`` for the convention).
+Beside a video ``NAME.EXT``, the files ``NAME.actions.npy``, ``NAME.rewards.npy`` and
+``NAME.terminals.npy`` are picked up as its per-frame actions, rewards and episode ends (see
+``pipeline.samples`` for the convention).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-SIDECAR_SUFFIXES = (".actions.npy", ".rewards.npy")
+SIDECAR_SUFFIXES = (".actions.npy", ".rewards.npy", ".terminals.npy")
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
 
 
@@ -46,6 +47,7 @@ class InputItem:
     actions: str | None = None
     rewards: str | None = None
     name: str | None = None
+    terminals: str | None = None  # after name: positional construction predates it
 
     @property
     def location(self) -> str:
@@ -68,7 +70,8 @@ def _is_url(spec: str) -> bool:
     return "://" in spec and not spec.startswith("file://")
 
 
-def _sidecars(source: str) -> tuple[str | None, str | None]:
+def _sidecars(source: str) -> tuple[str | None, str | None, str | None]:
+    """The actions, rewards and terminals files beside ``source`` (each None when absent)."""
     base = source.rsplit(".", 1)[0] if "." in os.path.basename(source) else source
     found = []
     for suffix in SIDECAR_SUFFIXES:
@@ -82,7 +85,7 @@ def _sidecars(source: str) -> tuple[str | None, str | None]:
         except (OSError, ValueError):
             exists = False
         found.append(candidate if exists else None)
-    return found[0], found[1]
+    return found[0], found[1], found[2]
 
 
 def _keep(path: str) -> bool:
@@ -113,7 +116,8 @@ def _with_sidecars(sources: list[str], root: str) -> list[InputItem]:
     items: dict[str, InputItem] = {}
     for s in sorted(set(sources)):
         if _keep(s):
-            item = InputItem(s, None, *_sidecars(s), name=_relative(s, root))
+            actions, rewards, terminals = _sidecars(s)
+            item = InputItem(s, None, actions, rewards, _relative(s, root), terminals)
             items.setdefault(item.location, item)
     return list(items.values())
 
@@ -144,8 +148,8 @@ def _read_list(path: str) -> list[InputItem]:
             return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
         source = _resolve(str(row["url"]), base)
-        side_a, side_r = _sidecars(source)
-        actions, rewards = opt("actions"), opt("rewards")
+        side_a, side_r, side_t = _sidecars(source)
+        actions, rewards, terminals = opt("actions"), opt("rewards"), opt("terminals")
         items.append(
             InputItem(
                 source,
@@ -153,6 +157,7 @@ def _read_list(path: str) -> list[InputItem]:
                 _resolve(actions, base) if actions else side_a,
                 _resolve(rewards, base) if rewards else side_r,
                 _relative(source, base),
+                _resolve(terminals, base) if terminals else side_t,
             )
         )
     unique = {i.location: i for i in reversed(sorted(items, key=lambda i: i.source))}

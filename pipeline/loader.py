@@ -68,7 +68,7 @@ from runtime.video import decode_mp4
 log = logging.getLogger(__name__)
 
 # Members that run along the frame axis: cropped with the frames and checked against their count.
-PER_FRAME = ("actions", "rewards")
+PER_FRAME = ("actions", "rewards", "terminals")
 
 
 @dataclass
@@ -322,6 +322,8 @@ def decode_sample(raw: dict[str, Any], num_frames: int | None = None) -> dict[st
                     out[name] = out[name][:num_frames]
     if "rewards" in out:
         out["rewards"] = out["rewards"].astype(np.float32, copy=False)
+    if "terminals" in out:
+        out["terminals"] = out["terminals"].astype(bool, copy=False)
     return out
 
 

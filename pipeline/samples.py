@@ -13,9 +13,12 @@ moved by a virtual camera, Atari play with its actions, and counterfactual branc
                                         from episodes never written as videos (``pipeline.branches``)
 
 Sidecar convention (read by ``pipeline.inputs``): a video ``NAME.mp4`` may have
-``NAME.actions.npy`` (``int64 [T]``, the action taken at frame ``t``) and ``NAME.rewards.npy``
-(``float32 [T]``, the reward that action earned), one entry per video frame. Frame ``t`` is what
-the agent saw before acting, so frame ``t + 1`` shows the result of ``actions[t]``.
+``NAME.actions.npy`` (``int64 [T]``, the action taken at frame ``t``), ``NAME.rewards.npy``
+(``float32 [T]``, the reward that action earned) and ``NAME.terminals.npy`` (``bool [T]``, whether
+that action ended the episode: ``terminated``, never a time-limit truncation or the end of the
+recording), one entry per video frame. Frame ``t`` is what the agent saw before acting, so frame
+``t + 1`` shows the result of ``actions[t]``; the frame after an episode's last action is not
+recorded, so only ``terminals[T - 1]`` of an Atari video can be set.
 
 Every emulator runs with ``repeat_action_probability=0`` (ALE v5 defaults to 0.25 "sticky"
 actions, which would make a recorded action wrong a quarter of the time and a restored state
@@ -112,15 +115,16 @@ def write_video(
     rewards: np.ndarray | None = None,
     rotation: int = 0,
     crf: int = 18,
+    terminals: np.ndarray | None = None,
 ) -> Path:
-    """Write ``uint8 [T, H, W, 3]`` frames to an H.264 mp4 at ``fps``, plus action/reward sidecars.
+    """Write ``uint8 [T, H, W, 3]`` frames to an H.264 mp4 at ``fps``, plus action/reward/terminal sidecars.
 
     ``rotation`` (degrees, a multiple of 90) is stored as display-matrix metadata, as phones do:
     a player shows the frames rotated counter-clockwise by it.
     """
     path = Path(path)
     t = len(frames)
-    for name, arr in (("actions", actions), ("rewards", rewards)):
+    for name, arr in (("actions", actions), ("rewards", rewards), ("terminals", terminals)):
         if arr is not None and len(arr) != t:
             raise ValueError(
                 f"{path}: {name} has {len(arr)} entries but the video has {t} frames; one per frame"
@@ -146,6 +150,9 @@ def write_video(
     if rewards is not None:
         with atomic_open(f"{stem}.rewards.npy", "wb") as f:
             np.save(f, np.asarray(rewards, dtype=np.float32), allow_pickle=False)
+    if terminals is not None:
+        with atomic_open(f"{stem}.terminals.npy", "wb") as f:
+            np.save(f, np.asarray(terminals, dtype=bool), allow_pickle=False)
     return path
 
 
@@ -433,34 +440,45 @@ def play(
     frames: list[np.ndarray],
     actions: list[int],
     rewards: list[float],
+    terminals: list[bool] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any], bool]:
     """Let ``policy`` play up to ``steps`` steps from frame ``obs``, appending each frame it acts on, its
-    action and the reward that followed to ``frames``, ``actions`` and ``rewards``. Returns the frame
-    after the last step, its ``info``, and whether the episode ended (then fewer steps were played)."""
+    action and the reward that followed to ``frames``, ``actions`` and ``rewards`` (and to
+    ``terminals`` whether that step terminated the episode). Returns the frame after the last step,
+    its ``info``, and whether the episode ended (then fewer steps were played)."""
     for _ in range(steps):
         action = policy(obs, info)
         frames.append(obs)
         actions.append(action)
         obs, reward, terminated, truncated, info = env.step(action)
         rewards.append(float(reward))
+        if terminals is not None:
+            terminals.append(bool(terminated))
         if terminated or truncated:
             return obs, info, True
     return obs, info, False
 
 
-def atari_episode(game: str, seed: int, max_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def atari_episode(
+    game: str, seed: int, max_frames: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Play one episode of at most ``max_frames`` frames with ``MixedPolicy``. Returns frames
-    ``uint8 [T, 210, 160, 3]``, actions ``int64 [T]`` and rewards ``float32 [T]`` (see the module
-    docstring for the alignment)."""
+    ``uint8 [T, 210, 160, 3]``, actions ``int64 [T]``, rewards ``float32 [T]`` and terminals ``bool
+    [T]`` (see the module docstring for the alignment)."""
     env = make_atari_env(game)
     try:
         obs, info = env.reset(seed=seed)
         policy = MixedPolicy(game, env.unwrapped.get_action_meanings(), np.random.default_rng(seed))
-        frames, actions, rewards = [], [], []
-        play(env, policy, obs, info, max_frames, frames, actions, rewards)
+        frames, actions, rewards, terminals = [], [], [], []
+        play(env, policy, obs, info, max_frames, frames, actions, rewards, terminals)
     finally:
         env.close()
-    return np.stack(frames), np.asarray(actions, np.int64), np.asarray(rewards, np.float32)
+    return (
+        np.stack(frames),
+        np.asarray(actions, np.int64),
+        np.asarray(rewards, np.float32),
+        np.asarray(terminals, bool),
+    )
 
 
 def _seed(cfg_seed: int, kind: int, game: str, index: int) -> int:
@@ -472,14 +490,18 @@ def _seed(cfg_seed: int, kind: int, game: str, index: int) -> int:
 
 def write_atari(out: str | os.PathLike, cfg: SamplesConfig) -> list[Path]:
     """Write ``cfg.atari`` episodes of each of ``cfg.atari_games`` to ``out/atari/NAME/NAME-NN.mp4``
-    with action and reward sidecars (15 fps, 160x210)."""
+    with action, reward and terminal sidecars (15 fps, 160x210)."""
     paths = []
     for game in cfg.atari_games:
         name = game_name(game)
         for i in range(cfg.atari):
-            frames, actions, rewards = atari_episode(game, _seed(cfg.seed, 0, game, i), cfg.atari_max_frames)
+            episode = atari_episode(game, _seed(cfg.seed, 0, game, i), cfg.atari_max_frames)
+            frames, actions, rewards, terminals = episode
             path = Path(out) / "atari" / name / f"{name}-{i:02d}.mp4"
-            paths.append(write_video(path, frames, ATARI_FPS, actions=actions, rewards=rewards, crf=cfg.crf))
+            video = write_video(
+                path, frames, ATARI_FPS, actions=actions, rewards=rewards, crf=cfg.crf, terminals=terminals
+            )
+            paths.append(video)
     return paths
 
 

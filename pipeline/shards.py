@@ -16,6 +16,9 @@ Each clip is one WebDataset sample: tar members that share the key ``KEY`` (no d
                       source) and source_frames (the source frame index of each frame)
     KEY.actions.npy   per-frame actions, first axis = num_frames (only when the source has them)
     KEY.rewards.npy   per-frame rewards, float32 [num_frames] (likewise)
+    KEY.terminals.npy per-frame episode ends, bool [num_frames]: True where the action taken at that
+                      frame ended the episode (only when the source records them; shards written
+                      before this member existed lack it and stay readable)
 
 Beside each shard, ``shard-NNNNNN.index.json`` lists its samples in tar order, so that a loader can
 plan who reads what without opening the tars (``pipeline.loader``)::
@@ -53,7 +56,7 @@ FORMAT_VERSION = 1
 SHARD_PATTERN = "shard-{index:06d}.tar"
 INDEX_SUFFIX = ".index.json"  # shard-NNNNNN.tar -> shard-NNNNNN.index.json
 # Members of a sample are written in this order; others follow sorted by name.
-MEMBER_ORDER = ("json", "mp4", "actions.npy", "rewards.npy")
+MEMBER_ORDER = ("json", "mp4", "actions.npy", "rewards.npy", "terminals.npy")
 
 
 def shard_paths(dataset: str | os.PathLike, count: int) -> list[Path]:

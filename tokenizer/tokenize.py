@@ -9,6 +9,7 @@ and a rerun skips shards already written). Each output sample keeps the clip's k
     KEY.indices.npy    FSQ tokenizers: int32 [T', h, w]
     KEY.actions.npy    per source frame, as in the clip shard (when the clip has actions)
     KEY.rewards.npy    likewise
+    KEY.terminals.npy  likewise (when the clip has episode ends; pipeline.shards)
 
 Latent frame 0 codes source frame 0 alone; latent frame i > 0 codes source frames
 ``1 + (i-1)*t .. i*t`` (``t`` = temporal compression). The folder gets ``manifest.jsonl`` (one row
@@ -45,7 +46,7 @@ import numpy as np
 import torch
 
 from pipeline.curate import iter_shard
-from pipeline.loader import resolve_shards
+from pipeline.loader import PER_FRAME, resolve_shards
 from pipeline.manifest import MANIFEST_FILE, STATS_FILE, read_stats, write_manifest
 from pipeline.shards import SHARD_PATTERN, SHARDS_DIR, add_sample, index_entry, shard_paths, write_index
 from runtime.files import atomic_open, atomic_write_text, folder_lock
@@ -59,6 +60,8 @@ from runtime.fingerprint import (
 from runtime.progress import Progress
 from runtime.stage import stage_cli
 from runtime.video import decode_mp4
+
+PER_FRAME_MEMBERS = tuple(f"{name}.npy" for name in PER_FRAME)  # copied unchanged into latent shards
 
 
 @dataclasses.dataclass
@@ -233,7 +236,7 @@ class ShardEncoder:
                 z = latents[key]
                 meta = {**json.loads(members["json"]), "tokenizer": self.info, "latent_shape": list(z.shape)}
                 out = {"json": meta, ("indices.npy" if self.tok.is_discrete else "latents.npy"): z}
-                out.update({ext: members[ext] for ext in ("actions.npy", "rewards.npy") if ext in members})
+                out.update({ext: members[ext] for ext in PER_FRAME_MEMBERS if ext in members})
                 add_sample(tar, key, out)
                 entries.append(index_entry(key, out))
         write_index(target, entries)

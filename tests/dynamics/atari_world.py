@@ -43,7 +43,7 @@ def breakout_episodes(seeds: list[int], max_frames: int) -> list[tuple[Tensor, T
     frame ``t`` and frame ``t + 1`` shows its result (``pipeline.samples`` convention)."""
     out = []
     for seed in seeds:
-        frames, actions, _ = atari_episode(GAME, seed, max_frames)
+        frames, actions, *_ = atari_episode(GAME, seed, max_frames)
         out.append((pooled(frames), torch.from_numpy(actions)))
     return out
 

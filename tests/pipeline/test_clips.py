@@ -13,6 +13,7 @@ from pipeline.clips import (
     plan_clips,
     resample_actions,
     resample_rewards,
+    resample_terminals,
     rotate,
 )
 from pipeline.probe import decode_frames, probe
@@ -93,6 +94,17 @@ def test_upsampled_repeated_frames_get_no_reward_twice():
     r = resample_rewards(np.arange(20, dtype=np.float32), plans[1])
     assert plans[1].indices.tolist() == [2, 2, 2, 3, 3, 3]
     assert r.tolist() == [2, 0, 0, 3, 0, 0]
+
+
+def test_a_kept_frame_is_terminal_when_a_source_frame_it_stands_for_is():
+    times = np.arange(68) / 60.0  # 60 fps -> 15 fps: each kept frame stands for 4 source frames
+    (plan,) = plan_clips(times, [], 15.0, 17)[0]
+    terminals = np.zeros(68, bool)
+    terminals[66] = True  # the action at source frame 66 ended the episode: kept frame 16 (64..67)
+    t = resample_terminals(terminals, plan)
+    assert t.dtype == bool and np.flatnonzero(t).tolist() == [16]
+    up = plan_clips(np.arange(20) / 5.0, [], 15.0, 6)[0][1]  # repeats: indices 2, 2, 2, 3, 3, 3
+    assert resample_terminals(np.arange(20) == 3, up).tolist() == [False] * 3 + [True, False, False]
 
 
 def test_black_frozen_and_still_clips_are_filtered_with_their_scores():

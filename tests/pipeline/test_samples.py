@@ -10,6 +10,7 @@ from pipeline.samples import (
     make_atari_env,
     natural_clip,
     photo_folder,
+    play,
     write_samples,
 )
 from runtime.config import ConfigError
@@ -74,7 +75,8 @@ def test_samples_are_the_same_for_the_same_seed_and_differ_for_another(tmp_path)
         assert fa.shape == fb.shape, name
         diff = np.abs(fa.astype(np.int16) - fb.astype(np.int16))
         assert diff.max() <= 8 and (diff > 0).mean() < 0.01, (name, int(diff.max()), float((diff > 0).mean()))
-    assert set(a) == set(c) and all(a[k] != c[k] for k in a if not k.endswith(".rewards.npy"))
+    same_allowed = (".rewards.npy", ".terminals.npy")  # often all zero / all false under either seed
+    assert set(a) == set(c) and all(a[k] != c[k] for k in a if not k.endswith(same_allowed))
     assert {k.rsplit("/", 1)[0] for k in a} == {
         "synthetic",
         "natural",
@@ -95,8 +97,11 @@ def test_each_game_writes_its_episodes_to_its_own_folder_with_one_action_and_rew
     for video, n_actions in zip(paths["atari"], (4, 6), strict=True):
         actions = np.load(video.with_suffix(".actions.npy"))
         rewards = np.load(video.with_suffix(".rewards.npy"))
+        terminals = np.load(video.with_suffix(".terminals.npy"))
         info = _count_frames(video)
-        assert info["frames"] == len(actions) == len(rewards) > 60
+        assert info["frames"] == len(actions) == len(rewards) == len(terminals) > 60
+        # Only the action at the last recorded frame can end an episode (here: none, cut at 120).
+        assert terminals.dtype == bool and not terminals[:-1].any()
         assert (info["width"], info["height"], info["fps"]) == (160, 210, "15/1")
         assert actions.dtype == np.int64 and rewards.dtype == np.float32
         assert actions.min() >= 0 and actions.max() < n_actions
@@ -181,3 +186,24 @@ def test_synthetic_scenes_have_the_documented_sizes_rates_and_rotation(tmp_path)
         check=True,
     ).stdout
     assert "90" in rotation
+
+
+class _EndingEnv:
+    """Ends its episode at the third step: ``terminated`` (game over) or ``truncated`` (a time limit)."""
+
+    def __init__(self, truncate: bool) -> None:
+        self.steps, self.truncate = 0, truncate
+
+    def step(self, action: int):
+        self.steps += 1
+        end = self.steps == 3
+        return np.zeros((2, 2, 3), np.uint8), 1.0, end and not self.truncate, end and self.truncate, {}
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_play_flags_the_step_that_terminated_the_episode_and_never_a_truncation(truncate):
+    frames, actions, rewards, terminals = [], [], [], []
+    obs = np.zeros((2, 2, 3), np.uint8)
+    _, _, ended = play(_EndingEnv(truncate), lambda o, i: 0, obs, {}, 10, frames, actions, rewards, terminals)
+    assert ended and len(frames) == len(actions) == len(rewards) == 3
+    assert terminals == [False, False, not truncate]
