@@ -81,7 +81,8 @@ def check_outputs(out: Path) -> None:
     # The dynamics model trained on every clip (the synthetic ones have no actions) and was
     # evaluated under its latent action model's codes too.
     dyn = load_yaml(out / "configs" / "dynamics.yaml")
-    assert dyn["model"]["lam"] == str(out / "lam") and dyn["data"]["optional"] == ["actions", "rewards"]
+    assert dyn["model"]["lam"] == str(out / "lam")
+    assert dyn["data"]["optional"] == ["actions", "rewards", "terminals"]
     assert ev["latent_actions"]["status"] == "computed" and (out / "eval" / "latent_actions.csv").is_file()
     html = (out / "report.html").read_text()
     assert "data:video/mp4;base64," in html and "Missing:" not in html
