@@ -30,8 +30,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import fsspec
 import numpy as np
+
+from runtime.files import url_filesystem
 
 SIDECAR_SUFFIXES = (".actions.npy", ".rewards.npy", ".terminals.npy")
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -78,7 +79,7 @@ def _sidecars(source: str) -> tuple[str | None, str | None, str | None]:
         candidate = base + suffix
         try:
             exists = (
-                fsspec.core.url_to_fs(candidate)[0].exists(candidate)
+                url_filesystem(candidate)[0].exists(candidate)
                 if _is_url(candidate)
                 else Path(candidate).is_file()
             )
@@ -132,8 +133,7 @@ def _read_list(path: str) -> list[InputItem]:
     import pandas as pd
 
     base = os.path.dirname(path) if not _is_url(path) else path.rsplit("/", 1)[0]
-    with fsspec.open(path, "rb") as f:
-        data = f.read()
+    data = read_bytes(path)
     if path.endswith(".txt"):
         lines = [ln.strip() for ln in data.decode().splitlines()]
         return _with_sidecars([_resolve(ln, base) for ln in lines if ln and not ln.startswith("#")], base)
@@ -172,7 +172,7 @@ def list_inputs(spec: str) -> list[InputItem]:
     if spec.endswith(LIST_SUFFIXES) and (_is_url(spec) or Path(spec).is_file()):
         items = _read_list(spec)
     elif _is_url(spec):
-        fs, root = fsspec.core.url_to_fs(spec)
+        fs, root = url_filesystem(spec)
         if globlib.has_magic(spec):
             paths, base = fs.glob(root), _fixed_prefix(root)
         elif fs.isdir(root):
@@ -199,7 +199,8 @@ def list_inputs(spec: str) -> list[InputItem]:
 
 def read_bytes(url: str) -> bytes:
     """The bytes of a local path or fsspec URL."""
-    with fsspec.open(url, "rb") as f:
+    fs, path = url_filesystem(url)
+    with fs.open(path, "rb") as f:
         return f.read()
 
 

@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import braceexpand
-import fsspec
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -63,6 +62,8 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pipeline.shards import index_entry, index_path
+from runtime.checkpoint import merge_loader_states
+from runtime.files import url_filesystem
 from runtime.video import decode_mp4
 
 log = logging.getLogger(__name__)
@@ -134,26 +135,11 @@ def _on_fsspec(spec: str) -> bool:
     return "://" in spec and not spec.startswith(("pipe:", "http://", "https://"))
 
 
-# fsspec filesystems that are optional extras of vidworld (pyproject.toml).
-_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
-
-
-def _filesystem(url: str) -> tuple[Any, str]:
-    """``(fsspec filesystem, path)`` of a URL; a missing filesystem package names the extra to install."""
-    try:
-        return fsspec.core.url_to_fs(url)
-    except ImportError as e:
-        scheme = url.split("://", 1)[0]
-        extra = _EXTRAS.get(scheme)
-        fix = f"pip install 'vidworld[{extra}]'" if extra else f"install fsspec's {scheme}:// filesystem"
-        raise ImportError(f"reading {url} needs fsspec's {scheme}:// filesystem ({e}); {fix}") from e
-
-
 def open_shard(url: str) -> Any:
     """A binary stream of a shard (or its index): a local path or a ``pipe:`` / ``http(s)://`` URL
     through WebDataset's ``gopen``, any other URL (``s3://``, ``gs://``...) through fsspec."""
     if _on_fsspec(url):
-        fs, path = _filesystem(url)
+        fs, path = url_filesystem(url)
         return fs.open(path, "rb", block_size=1 << 22)
     return gopen(url, bufsize=1 << 20)  # shards are read start to end: large reads
 
@@ -222,7 +208,7 @@ def _expand_one(item: str, pattern: str) -> list[str]:
 
 def _expand_fsspec(item: str, pattern: str) -> list[str]:
     """A bucket URL: a glob, a dataset folder (its ``shards/``) or a folder of ``.tar``, or one shard."""
-    fs, path = _filesystem(item)
+    fs, path = url_filesystem(item)
     if glob.has_magic(path):
         found = sorted(p for p in fs.glob(path) if p.endswith(".tar"))
     elif fs.isdir(path):
@@ -879,11 +865,10 @@ class ClipLoader:
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
             states: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(states, state)
-            cursors = {s: c for other in states for s, c in other["cursors"].items()}
-            turns = {r: t for other in states for r, t in other["turns"].items()}
-            epoch = min(e for e, _ in cursors.values()) if self.cfg.resampled else self.epoch
-            done = {e: d for other in states for e, d in other["done"].items() if int(e) >= epoch}
-            state = {**state, "epoch": epoch, "cursors": cursors, "turns": turns, "done": done}
+            merged = merge_loader_states(states)  # every rank's cursors and turns; the bitmaps they share
+            epoch = min(e for e, _ in merged["cursors"].values()) if self.cfg.resampled else self.epoch
+            done = {e: d for e, d in merged["done"].items() if int(e) >= epoch}
+            state = {**merged, "epoch": epoch, "samples_seen": self.samples_seen, "done": done}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

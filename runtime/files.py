@@ -77,6 +77,24 @@ class FolderBusy(RuntimeError):
     """Another live process is writing the folder; the message names it."""
 
 
+# fsspec filesystems that are optional extras of vidworld (pyproject.toml).
+_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
+def url_filesystem(url: str) -> tuple[Any, str]:
+    """``(fsspec filesystem, path)`` of a URL or local path; a missing filesystem package (``s3fs``,
+    ``gcsfs``) raises ``ImportError`` naming the vidworld extra that installs it."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        scheme = url.split("://", 1)[0]
+        extra = _EXTRAS.get(scheme)
+        fix = f"pip install 'vidworld[{extra}]'" if extra else f"install fsspec's {scheme}:// filesystem"
+        raise ImportError(f"reading {url} needs fsspec's {scheme}:// filesystem ({e}); {fix}") from e
+
+
 def require_local_folder(folder: str | os.PathLike, key: str) -> None:
     """Refuse a URL (``s3://``, ``gs://``...) where an output folder goes: ``Path`` would quietly turn
     ``s3://b/x`` into a local folder ``s3:/b/x``. Raises ``ValueError`` naming ``key`` and the fix."""
