@@ -237,28 +237,42 @@ class DynamicsTask(LatentShardTask):
 
     def outcomes(self, batch: dict[str, Any], latent_frames: int) -> tuple[Tensor | None, Tensor | None]:
         """The outcome heads' targets ``[B, T']`` for a loader batch (``outcome_targets``): ``(None,
-        None)`` for a model without those heads. Refuses shards that lack what a head needs."""
+        None)`` for a model without those heads. Refuses shards that lack what a head needs, unless
+        ``data.optional`` names it: then a clip without it (the loader zero-fills it and says so in
+        ``NAME_present``) has unknown targets (NaN, no loss), not a recorded reward of 0."""
         cfg = self.cfg
         if not (cfg.reward_head or cfg.continue_head):
             return None, None
+        optional = set(getattr(self.data_cfg, "optional", None) or [])
         rewards, terminals = batch.get("rewards"), batch.get("terminals")
         for on, name, value in (
             (cfg.reward_head, "rewards", rewards),
             (cfg.continue_head, "terminals", terminals),
         ):
-            if on and not isinstance(value, Tensor):
+            if on and not isinstance(value, Tensor) and name not in optional:
                 raise ValueError(
                     f"model.{'reward' if name == 'rewards' else 'continue'}_head=true trains on "
                     f"KEY.{name}.npy but the batch has none (clips {list(batch.get('key') or [])[:4]}): "
-                    f"curate sources that record {name} (docs/formats.md), or turn the head off"
+                    f"curate sources that record {name} (docs/formats.md), turn the head off, or name "
+                    f"it in data.optional=[{name}] to train the head on the clips that have it"
                 )
         reward, cont = outcome_targets(
-            rewards if cfg.reward_head else None,
-            terminals if cfg.continue_head else None,
+            rewards if cfg.reward_head and isinstance(rewards, Tensor) else None,
+            terminals if cfg.continue_head and isinstance(terminals, Tensor) else None,
             latent_frames,
             cfg.temporal_compression,
         )
-        return reward, cont
+        b = next(v.shape[0] for v in batch.values() if isinstance(v, Tensor))
+        targets = []
+        heads = ((cfg.reward_head, "rewards", reward), (cfg.continue_head, "terminals", cont))
+        for on, name, target in heads:
+            if on and target is None:  # no clip of the batch has it: all unknown
+                target = torch.full((b, latent_frames), float("nan"))
+            present = batch.get(f"{name}_present")
+            if target is not None and isinstance(present, Tensor):
+                target = torch.where(present.bool().to(target.device)[:, None], target, float("nan"))
+            targets.append(target)
+        return targets[0], targets[1]
 
     def example_batch(self, batch_size: int) -> dict[str, Any]:
         """A random micro-batch of ``max_frames`` latent frames as ``prepare`` returns it, every clip

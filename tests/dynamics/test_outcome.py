@@ -69,6 +69,40 @@ def test_prepare_windows_the_targets_with_the_latents():
         task.prepare({k: v for k, v in batch.items() if k != "terminals"}, g)
 
 
+def test_clips_without_recorded_outcomes_train_no_outcome_loss():
+    # data.optional zero-fills a missing KEY.rewards.npy / KEY.terminals.npy: such a clip (camera
+    # footage in a mix with game play) has unknown targets, not "reward 0, the episode goes on".
+    cfg = DynamicsConfig(
+        latent_channels=1, latent_height=4, latent_width=4, max_frames=3, temporal_compression=1,
+        reward_head=True, continue_head=True,
+    )  # fmt: skip
+    data = LoaderConfig(shards="unused", batch_size=2, optional=["actions", "rewards", "terminals"])
+    task = DynamicsTask(cfg, SimpleNamespace(data=data))
+    batch = {
+        "key": ["game", "camera"],
+        "latents": torch.zeros(2, 3, 1, 4, 4),
+        "actions": torch.zeros(2, 3, dtype=torch.long),
+        "rewards": torch.tensor([[0.0, 1, 0], [0, 0, 0]]),
+        "rewards_present": torch.tensor([True, False]),
+        "terminals": torch.zeros(2, 3, dtype=torch.bool),
+        "terminals_present": torch.tensor([True, False]),
+    }
+    out = task.prepare(batch, torch.Generator().manual_seed(0))
+    assert _same(out["rewards"], [[NAN, 0.0, 1.0], [NAN, NAN, NAN]])
+    assert _same(out["continues"], [[1.0, 1.0, 1.0], [NAN, NAN, NAN]])
+    # A batch in which no clip recorded them: every target unknown, and the head adds no loss.
+    bare = {k: v for k, v in batch.items() if not k.startswith(("rewards", "terminals"))}
+    out = task.prepare(bare, torch.Generator().manual_seed(0))
+    assert torch.isnan(out["rewards"]).all() and torch.isnan(out["continues"]).all()
+    model = build_dynamics(cfg)
+    losses = model.loss(out["x"], out["actions"], rewards=out["rewards"], continues=out["continues"])
+    assert float(losses["reward_loss"]) == 0.0 and float(losses["continue_loss"]) == 0.0
+    # Not optional: a batch without them is refused, naming the way out.
+    strict = DynamicsTask(cfg, SimpleNamespace(data=LoaderConfig(shards="unused", batch_size=2)))
+    with pytest.raises(ValueError, match=r"data.optional=\[rewards\]"):
+        strict.prepare(bare, torch.Generator().manual_seed(0))
+
+
 def test_twohot_and_symlog_round_trip():
     bins = torch.linspace(-20, 20, 255)
     y = torch.tensor([-3.7, 0.0, 0.05, 12.0, 25.0])
