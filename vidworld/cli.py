@@ -30,6 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rollout": ("dynamics.rollout:cli", "imagine future frames from real context and write a video"),
     "evaluate": ("dynamics.evaluate:cli", "compounding-error curve of a dynamics model on held-out clips"),
     "play": ("dynamics.play:cli", "roll a held-out clip forward under actions you choose (video)"),
+    "plan": (
+        "dynamics.plan:cli",
+        "model-predictive control (CEM/MPPI) in the learned model against real ALE games: returns "
+        "beside random play and the same planner in the true emulator",
+    ),
     "run": (
         "vidworld.pipeline_run:cli",
         "run the whole chain (curate -> tokenizer -> tokenize -> dynamics -> eval)",
