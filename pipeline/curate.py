@@ -562,7 +562,11 @@ def pack(
     of these inputs from scratch."""
     rows: dict[str, dict[str, Any]] = {}
     staged: dict[str, tuple[Path, dict[str, Any], bool]] = {}
+    progress = Progress(
+        "pack: reading staged rows", len(items), unit="inputs", interval=cfg.progress_interval
+    )
     for item in items:
+        progress.update(1)
         path = staging_path(staging_dir, item)
         if path.is_file():
             row, has_actions = read_staged_row(path)
@@ -579,6 +583,7 @@ def pack(
                 retry=True,
             )
         rows[item.source] = {**row, "version": input_version(item), "shards": []}
+    progress.close()
     names = {item.source: item.split_name for item in items}
     previous = _previous_pack(out, cfg)
     packed: dict[str, dict[str, Any]] = {}

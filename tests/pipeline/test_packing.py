@@ -267,3 +267,19 @@ def test_a_repack_killed_midway_is_never_taken_for_complete(ray_session, tmp_pat
     assert cli(JOB, _args(inputs, tmp_path / "fresh", "samples_per_shard=1")) == 0
     assert _files(out) == _files(tmp_path / "fresh")
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".shards")) == []
+
+
+def test_sources_already_in_shards_keep_their_split_when_new_ones_join_their_group():
+    from pipeline.curate import assign_splits
+
+    old = assign_splits(["a.mp4", "b.mp4"], 1e-9)  # none falls below: the lowest hash is forced out
+    forced = next(s for s, v in old.items() if v == "heldout")
+    # a new source with a lower hash: from scratch it would be the one forced out instead
+    new = next(
+        n for n in (f"n{i}.mp4" for i in range(200)) if assign_splits([forced, n], 1e-9)[n] == "heldout"
+    )
+    grown = [*old, new]
+    assert assign_splits(grown, 1e-9)[forced] == "train"
+    assert assign_splits(grown, 1e-9, pinned=old) == {**old, new: "train"}
+    many = [*old, *(f"m{i}.mp4" for i in range(50))]
+    assert assign_splits(many, 0.3, pinned=old) == {**assign_splits(many, 0.3), **old}
