@@ -13,15 +13,20 @@
    the inputs in flight. An input that failed for a reason other than its content (an I/O error, a
    vanished file, its task's worker died) gets no staging file, only ``SOURCE_ID.retry.json`` with its
    row: the job exits 4 naming it, ``is_complete`` is False, and a rerun tries exactly those inputs.
-3. The driver packs every staged clip into ``DIR/shards/shard-NNNNNN.tar`` in a fixed order
-   (source id, clip index) with ``ShardWriter``, adding each clip's ``split``, then writes
-   ``DIR/manifest.jsonl`` and ``DIR/stats.json`` (with each shard's sha256, hashed as it was written:
-   what later stages fingerprint the shards by). Same inputs and config -> byte-identical shards,
-   whether the job ran once or was killed and rerun.
+3. Packing (``pipeline.packing``): the driver reads each staging tar's row and headers (never a clip),
+   plans the shards, and Ray tasks write them, one task per shard streaming its clips from the
+   staging tars, one clip in memory at a time; clips go in a fixed order (source id, clip index) and
+   each gets its ``split``. Then the driver writes ``DIR/manifest.jsonl`` (each row names the shards
+   holding that input's clips) and ``DIR/stats.json`` (with each shard's sha256, hashed as it was
+   written: what later stages fingerprint the shards by). Same inputs and config -> byte-identical
+   shards, whether the job ran once or was killed and rerun. New inputs added to a finished folder
+   are appended as new shards; the shards there are never rewritten. Anything else (other settings,
+   an input removed or edited) packs every clip anew, into a new folder that replaces
+   ``DIR/shards`` only when whole.
 
 On a multi-node Ray cluster (``RAY_ADDRESS``), ``DIR`` and the inputs must be on storage every node
-sees (a shared file system): tasks write their staging files there. The shard format is described
-in ``pipeline.shards``; the manifest in ``pipeline.manifest``.
+sees (a shared file system): tasks write their staging files and the shards there. The shard
+format is described in ``pipeline.shards``; the manifest in ``pipeline.manifest``.
 Clip JSON adds to that format: ``source_id``, ``clip_index``, ``scene``, ``split``
 (``train``/``heldout``, by source), ``source_frames`` (the source frame index of each clip frame).
 """
@@ -72,13 +77,21 @@ from pipeline.manifest import (
     write_manifest,
     write_stats,
 )
+from pipeline.packing import (
+    ROW_KEY,
+    WRITING_DIR,
+    clean_leftovers,
+    commit,
+    plan_shards,
+    read_staged_row,
+    write_shards,
+)
 from pipeline.probe import BadInput, FrameReader, is_io_fault, probe
 from pipeline.scenes import CutConfig, CutDetector
 from pipeline.shards import (
     FORMAT_VERSION,
     SHARD_PATTERN,
     SHARDS_DIR,
-    ShardWriter,
     add_sample,
     index_path,
     shard_paths,
@@ -88,7 +101,6 @@ from runtime.files import FolderBusy, atomic_open, atomic_write_text, folder_loc
 from runtime.progress import Progress
 from runtime.video import encode_mp4
 
-ROW_KEY = "row"  # the staging tar member (ROW_KEY.json) that holds the input's manifest row
 RETRY_SUFFIX = ".retry.json"  # staging/CONFIG_HASH/SOURCE_ID.retry.json: the row of an input to try again
 EXIT_RETRY = 4  # cli exit code: some inputs failed for a reason other than their content
 
@@ -404,13 +416,6 @@ def stage_input(item: InputItem, cfg: CurateConfig, staging_dir: Path) -> dict[s
     return row
 
 
-def read_staged(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, bytes]]]]:
-    """The row and clips (members as raw bytes, in their stored order) of a staging tar."""
-    samples = dict(iter_shard(path))
-    row = json.loads(samples.pop(ROW_KEY)["json"])
-    return row, list(samples.items())
-
-
 def _clean_temporaries(folder: Path, patterns: list[str]) -> None:
     """Remove temporary files a killed run of this job left (atomic writes that never finished) of the
     files named by ``patterns`` (globs of final names); anyone else's files in the folder are left be.
@@ -467,17 +472,28 @@ def _unit_hash(text: str) -> float:
     return int(hashlib.sha1(text.encode()).hexdigest()[:12], 16) / 16**12
 
 
-def assign_splits(sources: list[str], heldout_fraction: float, seed: int = 0) -> dict[str, str]:
+def assign_splits(
+    sources: list[str], heldout_fraction: float, seed: int = 0, pinned: dict[str, str] | None = None
+) -> dict[str, str]:
     """``{source: "train" | "heldout"}``: a source is held out when a hash of it (and ``seed``) falls
-    below ``heldout_fraction``; with two or more sources and a fraction above 0, at least one is."""
+    below ``heldout_fraction``; with two or more sources and a fraction above 0, at least one is.
+    ``pinned`` sources keep the split given there (their clips are already in shards); when none
+    is held out, the one forced out is the lowest hash among the others."""
+    pinned = pinned or {}
     u = {s: _unit_hash(f"{seed}:{s}") for s in sources}
-    split = {s: "heldout" if u[s] < heldout_fraction else "train" for s in sources}
-    if heldout_fraction > 0 and len(sources) >= 2 and "heldout" not in split.values():
-        split[min(sources, key=lambda s: (u[s], s))] = "heldout"
+    split = {s: pinned.get(s) or ("heldout" if u[s] < heldout_fraction else "train") for s in sources}
+    free = [s for s in sources if s not in pinned]
+    if heldout_fraction > 0 and len(sources) >= 2 and "heldout" not in split.values() and free:
+        split[min(free, key=lambda s: (u[s], s))] = "heldout"
     return split
 
 
-def split_sources(has_actions: dict[str, bool], heldout_fraction: float, seed: int = 0) -> dict[str, str]:
+def split_sources(
+    has_actions: dict[str, bool],
+    heldout_fraction: float,
+    seed: int = 0,
+    pinned: dict[str, str] | None = None,
+) -> dict[str, str]:
     """``{name: "train" | "heldout"}`` for sources given as ``{name: whether it has actions}``; ``pack``
     passes each input's ``name`` (its path relative to the job's input), so the split is the same
     wherever the input folder lies.
@@ -487,68 +503,133 @@ def split_sources(has_actions: dict[str, bool], heldout_fraction: float, seed: i
     falls below ``heldout_fraction``, and in a group of two or more sources with none below it, the
     one with the lowest hash is. So the split is deterministic, depends on no order, and changes only
     with the names, the seed and the fraction (and, for that one forced source, with which
-    other sources share its group). Every kind of video is held out somewhere: an action-conditioned
-    model always has held-out videos with actions to be evaluated on, and each folder of two or more
-    sources (``vidworld samples``: atari/breakout, atari/pong, natural, synthetic) has held-out ones.
+    other sources share its group). ``pinned`` (``{name: split}``) fixes the split of sources already
+    in shards that new ones are appended to (see ``assign_splits``). Every kind of video is held out
+    somewhere: an action-conditioned model always has held-out videos with actions to be evaluated
+    on, and each folder of two or more sources (``vidworld samples``: atari/breakout, atari/pong,
+    natural, synthetic) has held-out ones.
     """
     groups: dict[tuple[bool, str], list[str]] = {}
     for source, actions in has_actions.items():
         groups.setdefault((bool(actions), posixpath.dirname(source)), []).append(source)
     splits: dict[str, str] = {}
     for sources in groups.values():
-        splits.update(assign_splits(sources, heldout_fraction, seed))
+        splits.update(assign_splits(sources, heldout_fraction, seed, pinned))
     return splits
+
+
+def _previous_pack(out: Path, cfg: CurateConfig) -> tuple[list[dict[str, Any]], dict[str, str]] | None:
+    """The rows and shard hashes of the last pack in ``out`` when new shards may be appended to it:
+    its stats are there (they are written after the shards, and removed before any shard moves), it
+    was made with these settings, its manifest says which shards hold each input, and ``DIR/shards``
+    holds exactly the shards it recorded, each as big as its index says. Else None (pack anew)."""
+    try:
+        stats = read_stats(out / STATS_FILE)
+        rows = read_manifest(out / MANIFEST_FILE)
+    except (OSError, ValueError):
+        return None
+    hashes = stats.get(SHARD_HASHES)
+    if stats.get("settings_key") != settings_key(cfg) or not isinstance(hashes, dict):
+        return None
+    if any("shards" not in r or "version" not in r for r in rows):  # a manifest of an older version
+        return None
+    names = [p.name for p in shard_paths(out, len(hashes))]
+    if sorted(hashes) != names or sorted(p.name for p in (out / SHARDS_DIR).glob("shard-*.tar")) != names:
+        return None
+    for name in names:
+        path = out / SHARDS_DIR / name
+        try:
+            size = json.loads(Path(index_path(str(path))).read_text())["size"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if path.stat().st_size != size:
+            return None
+    return rows, {n: hashes[n] for n in names}
 
 
 def pack(
     items: list[InputItem], staging_dir: Path, out: Path, cfg: CurateConfig
 ) -> tuple[list[dict], dict[str, str]]:
-    """Write every staged clip into ``out/shards`` in (source id, clip index) order; return the manifest
-    rows (with splits) and ``{shard file name: sha256 of its bytes}`` in shard order. Inputs with no
-    staging file get a ``failed`` row."""
-    rows: list[dict[str, Any]] = []
-    staged = {}
+    """Pack the staged clips into ``out/shards`` (``pipeline.packing``: Ray tasks write the shards, the
+    driver reads no clip); return the manifest rows (with splits, and the shards holding each input's
+    clips) and ``{shard file name: sha256 of its bytes}`` in shard order. Inputs with no staging file
+    get a ``failed`` row.
+
+    When ``out`` holds a pack made with these settings whose inputs are all still there, unedited,
+    the clips of the new inputs are appended as new shards and the existing ones are left untouched
+    (those inputs keep their splits). Otherwise every clip is packed again, in (source id, clip index)
+    order, into a new folder that replaces ``out/shards`` when whole: byte-identical to a curation
+    of these inputs from scratch."""
+    rows: dict[str, dict[str, Any]] = {}
+    staged: dict[str, tuple[Path, dict[str, Any], bool]] = {}
+    progress = Progress(
+        "pack: reading staged rows", len(items), unit="inputs", interval=cfg.progress_interval
+    )
     for item in items:
+        progress.update(1)
         path = staging_path(staging_dir, item)
         if path.is_file():
-            staged[item.source_id] = read_staged(path)
+            row, has_actions = read_staged_row(path)
+            staged[item.source] = (path, row, has_actions)
         elif retry_path(staging_dir, item).is_file():
-            rows.append(json.loads(retry_path(staging_dir, item).read_text()))
+            row = json.loads(retry_path(staging_dir, item).read_text())
         else:
-            rows.append(
-                make_row(
-                    item.source,
-                    item.source_id,
-                    "failed",
-                    "the Ray task for this input died "
-                    "(worker crash or out of memory); rerun the same command to retry it",
-                    retry=True,
-                )
+            row = make_row(
+                item.source,
+                item.source_id,
+                "failed",
+                "the Ray task for this input died "
+                "(worker crash or out of memory); rerun the same command to retry it",
+                retry=True,
             )
+        rows[item.source] = {**row, "version": input_version(item), "shards": []}
+    progress.close()
     names = {item.source: item.split_name for item in items}
-    has_actions = {
-        names[row["source"]]: any("actions.npy" in members for _, members in clips)
-        for row, clips in staged.values()
-        if row["status"] == "ok"
-    }
-    splits = split_sources(has_actions, cfg.heldout_fraction, cfg.seed)
-    shard_dir = out / SHARDS_DIR
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    _clean_temporaries(shard_dir, ["shard-*.tar", "shard-*.index.json"])
-    with ShardWriter(shard_dir, cfg.samples_per_shard) as writer:
-        for source_id in sorted(staged):
-            row, clips = staged[source_id]
-            if row["status"] == "ok":
-                row["split"] = splits[names[row["source"]]]
-            rows.append(row)
-            for key, members in clips:
-                meta = json.loads(members["json"])
-                meta["split"] = row["split"]
-                writer.write(key, {**members, "json": meta})
-    for stale in sorted(shard_dir.glob("shard-*.tar"))[len(writer.written) :]:  # left by a bigger run
-        stale.unlink()
-        Path(index_path(str(stale))).unlink(missing_ok=True)
-    return rows, writer.sha256
+    previous = _previous_pack(out, cfg)
+    packed: dict[str, dict[str, Any]] = {}
+    if previous is not None:
+        packed = {r["source"]: r for r in previous[0] if r["shards"]}
+        if any(
+            s not in staged or rows[s]["version"] != r["version"] or rows[s]["clips"] != r["clips"]
+            for s, r in packed.items()
+        ):
+            previous, packed = None, {}  # an input in the shards was removed or edited: pack anew
+    ok = [s for s, (_, row, _) in staged.items() if row["status"] == "ok"]
+    splits = split_sources(
+        {names[s]: staged[s][2] for s in ok},
+        cfg.heldout_fraction,
+        cfg.seed,
+        pinned={names[s]: r["split"] for s, r in packed.items()},
+    )
+    for source in ok:
+        rows[source]["split"] = splits[names[source]]
+    new = sorted((s for s in ok if s not in packed), key=lambda s: rows[s]["source_id"])
+    start = len(previous[1]) if previous is not None else 0
+    plans = plan_shards(
+        [(staged[s][0], rows[s]["split"], rows[s]["clips"]) for s in new], cfg.samples_per_shard, start
+    )
+    by_path = {str(staged[s][0]): s for s in new}
+    for plan in plans:
+        for path, *_ in plan["segments"]:
+            rows[by_path[path]]["shards"].append(SHARD_PATTERN.format(index=plan["index"]))
+    for source, row in packed.items():
+        rows[source]["shards"] = row["shards"]
+    appended = "appending to the shards there" if previous is not None else "packing every clip anew"
+    print(
+        f"curate: {sum(rows[s]['clips'] for s in new)} clips of {len(new)} inputs into {len(plans)} "
+        f"shards, {appended}",
+        file=sys.stderr,
+        flush=True,
+    )
+    clean_leftovers(out)
+    hashes = write_shards(plans, out / WRITING_DIR, cfg.num_cpus, cfg.progress_interval)
+    # The stats go first: until the new ones are written the folder does not read as complete, while
+    # shards move in (an append) or the folders are swapped (a repack).
+    (out / STATS_FILE).unlink(missing_ok=True)
+    commit(out, replace=previous is None)
+    if previous is not None:
+        hashes = {**previous[1], **hashes}
+    return list(rows.values()), hashes
 
 
 # --- the job ------------------------------------------------------------------------------------
@@ -579,6 +660,7 @@ def _run_locked(cfg: CurateConfig) -> dict[str, Any]:
     items = curation_inputs(cfg.input)
     staging_dir = out / "staging" / cfg.fingerprint()
     staging_dir.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
     pending = [i for i in items if not staging_path(staging_dir, i).is_file()]
     _clean_temporaries(staging_dir, [f"{i.source_id}*" for i in pending])
     print(
@@ -602,10 +684,7 @@ def _run_locked(cfg: CurateConfig) -> dict[str, Any]:
     if stats is not None:
         print("curate: nothing new since the last run; its shards, manifest and stats stand", file=sys.stderr)
     else:
-        # The stats go first: a pack cut off midway must not leave the old shard hashes standing for
-        # new shards of the same names (later stages would take the data for unchanged).
-        (out / STATS_FILE).unlink(missing_ok=True)
-        rows, hashes = pack(items, staging_dir, out, cfg)
+        rows, hashes = pack(items, staging_dir, out, cfg)  # removes the old stats before any shard moves
         timing: Counter = Counter()
         for row in rows:
             timing.update(row.pop("timing", {}))

@@ -4,7 +4,12 @@
 
     {"source": str, "source_id": str, "status": "ok" | "skipped" | "failed", "reason": str,
      "clips": int, "split": "train" | "heldout", "filtered": {reason: clips dropped},
-     "probe": {container, codec, width, height, fps, duration, rotation, num_frames} | null}
+     "probe": {container, codec, width, height, fps, duration, rotation, num_frames} | null,
+     "version": str, "shards": [shard file name, ...]}
+
+``version`` is the input's version (a hash of a local file's size and mtime, empty for a URL) and
+``shards`` the shard files holding its clips (which inputs each shard holds); the job adds both
+when it packs (``pipeline.packing``).
 
 ``reason`` is empty for an ``ok`` row without remarks. A ``failed`` row whose cause was a failure to
 read the input or to run its task (I/O error, vanished file, worker crash or out of memory), not the
