@@ -124,8 +124,9 @@ class DynamicsConfig:
     # (DynamicsHead.rollout(return_disagreement=True); a planner penalises it). Rollouts feed back
     # the members' combined prediction. Cost: (depth + (K-1) * ensemble_depth) blocks' FLOPs.
     ensemble: int = 1
-    # Blocks each member owns (0 = only the output layers: cheapest, but on the tiny dot world such
-    # members agree about as much on inputs never seen as on the training clips).
+    # Blocks each member owns (0 = only the output layers: cheapest). On the dot world of
+    # tests/dynamics/test_ensemble.py (3 seeds, both heads) the disagreement on inputs never seen was
+    # 1.5-1.9x that on held-out clips with 0, and 1.6-12x (and ~100x larger in absolute terms) with 1.
     ensemble_depth: int = 1
     # Each member's output projection starts random with weight std ensemble_prior_scale / sqrt(dim),
     # an output of about that std (latent units; logits) on the normalised last tokens: a random

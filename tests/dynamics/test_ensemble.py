@@ -42,9 +42,10 @@ def test_bad_ensemble_settings_name_the_key_and_the_fix():
 
 
 @pytest.mark.parametrize("head", ["diffusion", "maskgit"])
-def test_rollout_gives_each_imagined_frame_a_disagreement_zero_for_one_head(head):
+@pytest.mark.parametrize("factorized", [False, True])
+def test_rollout_gives_each_imagined_frame_a_disagreement_zero_for_one_head(head, factorized):
     for k in (1, 3):
-        cfg = DynamicsConfig(head=head, ensemble=k, max_frames=4)
+        cfg = DynamicsConfig(head=head, ensemble=k, max_frames=4, factorized=factorized, depth=2)
         torch.manual_seed(0)
         model = build_dynamics(cfg).eval()
         x, a = inputs(cfg, 2, 5)
@@ -163,3 +164,35 @@ def test_an_ensemble_checkpoint_round_trips_through_safetensors(tmp_path):
     ctx = _context(cfg, x, 2)
     out = [m.rollout(ctx, a, 1, temperature=0.0, return_disagreement=True) for m in (model, again)]
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+@pytest.mark.parametrize("head", ["diffusion", "maskgit"])
+def test_outcome_heads_of_an_ensemble_train_and_predict_from_the_members_mean_state(head):
+    # Without the bootstrap: with 2 clips a member's Poisson draws are all 0 one time in e^2.
+    cfg = DynamicsConfig(
+        head=head, ensemble=3, reward_head=True, continue_head=True, ensemble_bootstrap=False
+    )
+    torch.manual_seed(0)
+    model = build_dynamics(cfg)
+    x, a = inputs(cfg, 2, 4)
+    losses = model(x, a, rewards=torch.randn(2, 4), continues=torch.ones(2, 4))
+    assert {"reward_loss", "continue_loss", "ensemble_disagreement"} <= set(losses)
+    losses["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.outcome.reward.parameters())
+    # Every member's own block feeds the state the outcome heads read.
+    for i in model.backbone.member_blocks()[1][1]:
+        assert model.blocks[i].modulation.bias.grad.abs().sum() > 0  # its adaLN-Zero gates learn
+    pred = model.eval().predict_outcomes(x, a)
+    assert pred["reward"].shape == (2, 4) and torch.isfinite(pred["continue_prob"]).all()
+
+
+def test_bootstrap_weights_resample_the_batch_per_member_and_one_head_draws_nothing():
+    model, one = build_dynamics(DynamicsConfig(ensemble=4)), build_dynamics(DynamicsConfig())
+    torch.manual_seed(0)
+    w = model.member_weights(64, torch.device("cpu"))
+    assert w.shape == (4, 64, 1) and (w >= 0).all()
+    torch.testing.assert_close(w.mean(1), torch.ones(4, 1))  # the plain loss's scale, per member
+    assert (w == 0).any(1).all() and not torch.equal(w[0], w[1])  # each member its own resample
+    state = torch.random.get_rng_state()
+    assert one.member_weights(64, torch.device("cpu")) is None
+    assert torch.equal(torch.random.get_rng_state(), state)  # one head trains as it always did
