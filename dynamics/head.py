@@ -8,11 +8,12 @@ the past (``sample_frame``) and how finished frames are written into the KV cach
 forward, initialisation, FLOP counting, and the rollout loop (context through the cache, then one
 frame at a time over a sliding window of ``max_frames - 1`` past frames, as in training).
 
-Uncertainty (``model.ensemble = K > 1``): the backbone carries K output heads on one trunk
-(``DynamicsTransformer``). Each head trains every member on its loss (``member_weights``: the
-online bootstrap), samples from the members' combined prediction, and says how much the members
-disagree on each imagined frame (``sample_frame``'s second output); ``rollout(...,
-return_disagreement=True)`` returns that per frame, for the evaluation and for a planner.
+Uncertainty (``model.ensemble = K > 1``): the backbone carries K members on a shared trunk, each
+with its own top blocks and output layers (``DynamicsTransformer``). Each head trains every member
+on its loss (``member_weights``: the online bootstrap), samples from the members' combined
+prediction, and says how much the members disagree on each imagined frame (``sample_frame``'s
+second output); ``rollout(..., return_disagreement=True)`` returns that per frame, for the
+evaluation and for a planner.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class DynamicsHead(nn.Module):
 
     @property
     def ensemble_size(self) -> int:
-        """``K``: the number of output heads on the trunk (``model.ensemble``; 1 = no ensemble)."""
+        """``K``: the number of ensemble members on the trunk (``model.ensemble``; 1 = no ensemble)."""
         return self.cfg.ensemble
 
     def member_weights(self, batch: int, device: torch.device) -> Tensor | None:
@@ -257,7 +258,7 @@ class DynamicsHead(nn.Module):
         reruns that window at every step: the same result while context + horizon <= ``max_frames``,
         for testing. ``sampling``: the head's sampler settings (``sampling_options``).
 
-        Disagreement (``model.ensemble = K``): how much the K output heads disagree on each
+        Disagreement (``model.ensemble = K``): how much the K ensemble members disagree on each
         imagined frame, given the same imagined past, >= 0, larger = less known; all zeros when
         K = 1. The frames fed back are the members' combined prediction (one trajectory, not K).
         Diffusion: the variance over members of the predicted clean latent ``x0`` at the last

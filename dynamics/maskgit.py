@@ -10,10 +10,11 @@ masked; in each of ``maskgit_steps`` steps every masked position is sampled (tem
 top-k), the most confident samples are kept and the rest masked again, following the cosine
 schedule, until the last step reveals everything.
 
-Ensemble (``model.ensemble = K > 1``): K output heads on the one trunk, each trained on the
-masked cross-entropy (clips weighted per member, ``DynamicsHead.member_weights``). Sampling draws
-from the members' mean distribution; the members' disagreement on a position is the
-Jensen-Shannon divergence of their distributions (nats, ``0 .. log K``).
+Ensemble (``model.ensemble = K > 1``): K members on a shared trunk (``DynamicsTransformer``),
+each trained on the masked cross-entropy (clips weighted per member,
+``DynamicsHead.member_weights``). Sampling draws from the members' mean distribution; the members'
+disagreement on a position is the Jensen-Shannon divergence of their distributions (nats,
+``0 .. log K``).
 """
 
 from __future__ import annotations

@@ -205,3 +205,10 @@ def test_an_ensembles_disagreement_is_logged_per_horizon_beside_the_curve(data, 
     res = evaluate(_cfg(data, tmp_path), world(data, CopyLastDynamics()))
     assert res["disagreement"]["status"].startswith("off") and res["disagreement"]["rows"] == []
     assert not (tmp_path / "disagreement.csv").exists()
+
+
+def test_an_ensemble_run_folder_loads_from_its_config_and_safetensors_and_is_evaluated(data, tmp_path):
+    run = write_run(tmp_path / "run", dyn_config(ensemble=2, ensemble_depth=1), step=3, perturb=0.05)
+    res = evaluate(_cfg(data, tmp_path / "eval", checkpoint=str(run), device="cpu"))
+    assert res["checkpoint_step"] == 3 and res["disagreement"]["members"] == 2
+    assert len(res["disagreement"]["rows"]) == 2 and (tmp_path / "eval" / "disagreement.csv").is_file()
