@@ -104,6 +104,7 @@ class DiffusionDynamics(DynamicsHead):
         prev: Tensor | None = None,
         prev_level: Tensor | None = None,
         return_state: bool = False,
+        members: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Network output for noisy frames ``x`` ``[B, T, h, w, C]`` at levels ``s`` ``[B, T]``.
 
@@ -111,16 +112,19 @@ class DiffusionDynamics(DynamicsHead):
         0) at augmentation level ``prev_level`` ``[B, T]`` (zeros when None), and return the
         clean-frame estimate ``prev + network output``. Otherwise the raw output (v or x0).
         ``return_state``: also the last block's tokens ``[B, T, N, D]`` (``DynamicsTransformer.forward``).
+        ``members``: each ensemble member's output ``[K, B, T, h, w, C]`` (``model.ensemble``), else
+        their mean.
         """
         cond = self.noise_embed(s)
         if not self.cfg.residual:
-            return self.backbone(x, actions, cond, cache, write_cache, return_state)
+            return self.backbone(x, actions, cond, cache, write_cache, return_state, members)
         if prev is None:
             raise ValueError("a residual dynamics model needs each frame's predecessor: pass prev=")
         level = torch.zeros_like(s) if prev_level is None else prev_level
         assert self.context_noise_embed is not None
         cond = cond + self.context_noise_embed(level)
-        out = self.backbone(torch.cat([x, prev], dim=-1), actions, cond, cache, write_cache, return_state)
+        xp = torch.cat([x, prev], dim=-1)
+        out = self.backbone(xp, actions, cond, cache, write_cache, return_state, members)
         if return_state:
             return prev + out[0], out[1]
         return prev + out
@@ -155,7 +159,10 @@ class DiffusionDynamics(DynamicsHead):
 
         Returns ``loss`` (MSE of the prediction target) and ``x0_mse`` (error of the implied clean
         latents, comparable between ``v`` and ``x0`` prediction). With outcome heads, their losses
-        too, on the states of this same pass (``add_outcome_losses``; targets ``[B, T]``).
+        too, on the states of this same pass (``add_outcome_losses``; targets ``[B, T]``). With an
+        ensemble (``model.ensemble = K > 1``) the loss is the mean of the K members' losses, each
+        clip weighted per member (``member_weights``), ``x0_mse`` the members' mean error, and
+        ``ensemble_disagreement`` the variance over members of the clean estimate (latent units²).
         """
         cfg = self.cfg
         self.check_input(latents, "latents")
@@ -167,14 +174,24 @@ class DiffusionDynamics(DynamicsHead):
         eps = torch.randn_like(x0)
         xs = (1 - sb) * x0 + sb * eps
         actions = self.drop_actions(actions)
+        weights = self.member_weights(b, x0.device)  # [K, B, 1]; None with one head
+        members = weights is not None
         if not cfg.residual:
-            out, state = self.predict(xs, s, actions, return_state=True)
+            out, state = self.predict(xs, s, actions, return_state=True, members=members)
             target = eps - x0 if cfg.prediction == "v" else x0
             x0_hat, _ = self._x0_eps(xs, sb, out)
-            losses = {
-                "loss": F.mse_loss(out.float(), target.float()),
-                "x0_mse": F.mse_loss(x0_hat.float().detach(), x0.float()),
-            }
+            if weights is None:
+                losses = {
+                    "loss": F.mse_loss(out.float(), target.float()),
+                    "x0_mse": F.mse_loss(x0_hat.float().detach(), x0.float()),
+                }
+            else:
+                sq = (out.float() - target.float()) ** 2
+                losses = {
+                    "loss": _per_member(sq, weights).mean(),
+                    "x0_mse": ((x0_hat.float().detach() - x0.float()) ** 2).mean(),
+                    "ensemble_disagreement": _spread(x0_hat.detach()).mean(),
+                }
             return self.add_outcome_losses(losses, state, rewards, continues)
         if t < 2:
             raise ValueError(
@@ -185,19 +202,29 @@ class DiffusionDynamics(DynamicsHead):
         if cfg.self_forcing > 0:
             prev = self.own_predecessors(x0, prev, actions, cfg.self_forcing)
         prev = prev + level[:, :, None, None, None].to(x0.dtype) * torch.randn_like(prev)
-        x0_hat, state = self.predict(xs, s, actions, prev=prev, prev_level=level, return_state=True)
-        # Frame 0 has no predecessor: it is context, not a target.
-        err = (x0_hat[:, 1:].float() - x0[:, 1:].float()) ** 2
+        x0_hat, state = self.predict(
+            xs, s, actions, prev=prev, prev_level=level, return_state=True, members=members
+        )
+        # Frame 0 has no predecessor: it is context, not a target. (x0_hat is [K, B, T, ...] with members.)
+        x0_hat = x0_hat[..., 1:, :, :, :]
+        err = (x0_hat.float() - x0[:, 1:].float()) ** 2
         copy = (x0[:, :-1].float() - x0[:, 1:].float()) ** 2
+        x0_mse = err.detach().mean()
+        if weights is not None:
+            # Each member's clips are clips of one batch K times as long, weighted by its draws.
+            err = _per_member(err, weights)
+            copy = copy.expand(weights.shape[0], *copy.shape).flatten(0, 1)
         if cfg.relative_loss:
             loss = relative_to_copy_last(err, copy, cfg.relative_floor)
         else:
             loss = err.mean()
         losses = {
             "loss": loss,
-            "x0_mse": err.detach().mean(),
+            "x0_mse": x0_mse,
             "copy_last_mse": copy.mean(),  # what copying the previous frame would score
         }
+        if weights is not None:
+            losses["ensemble_disagreement"] = _spread(x0_hat.detach()).mean()
         return self.add_outcome_losses(losses, state, rewards, continues)
 
     @torch.no_grad()
@@ -278,41 +305,63 @@ class DiffusionDynamics(DynamicsHead):
         generator: torch.Generator | None,
         steps: int = 1,
         sampler: str = "euler",
-    ) -> Tensor:
-        """Denoise frame ``t`` from pure noise (``s = 1``) to clean in ``steps`` steps."""
+    ) -> tuple[Tensor, Tensor]:
+        """Denoise frame ``t`` from pure noise (``s = 1``) to clean in ``steps`` steps; the members'
+        disagreement ``[B]`` is that of their clean estimates at the last step (``_velocity``)."""
         b, _, h, w, c = frames.shape
         levels = self.noise_levels(torch.linspace(1, 0, steps + 1, device=frames.device))
         x = torch.randn(b, 1, h, w, c, generator=generator, device=frames.device).to(frames.dtype)
+        spread = torch.zeros(b, device=frames.device)
         for j in range(steps):
             s, s_next = float(levels[j]), float(levels[j + 1])
-            v = self._velocity(x, s, t, frames, actions, cache)
+            v, spread = self._velocity(x, s, t, frames, actions, cache)
             x_euler = x + (s_next - s) * v
             if sampler == "heun" and s_next > 0:
-                v_next = self._velocity(x_euler, s_next, t, frames, actions, cache)
+                v_next, _ = self._velocity(x_euler, s_next, t, frames, actions, cache)
                 x = x + (s_next - s) * 0.5 * (v + v_next)
             else:
                 x = x_euler
-        return x
+        return x, spread
 
     def _velocity(
         self, x: Tensor, s: float, t: int, past: Tensor, actions: Actions, cache: KVCache | None
-    ) -> Tensor:
-        """Flow velocity ``eps - x0`` for frame ``t`` ``x`` ``[B, 1, h, w, C]`` at level ``s``.
+    ) -> tuple[Tensor, Tensor]:
+        """Flow velocity ``eps - x0`` for frame ``t`` ``x`` ``[B, 1, h, w, C]`` at level ``s``, and the
+        ensemble members' disagreement on ``x0`` ``[B]`` float32 (their variance, averaged over
+        positions and channels; zeros with one head). With an ensemble the velocity is that of the
+        members' mean ``x0`` (and ``eps``).
 
         With a cache the past comes from it; without, the clean ``past`` ``[B, t, h, w, C]`` is rerun.
         """
         b = x.shape[0]
-        residual = self.cfg.residual
+        residual, members = self.cfg.residual, self.cfg.ensemble > 1
         sl = torch.full((b, 1), s, device=x.device)
         if cache is not None:
             prev = past[:, -1:] if residual else None
-            out = self.predict(x, sl, frame_slice(actions, t, t + 1), cache, prev=prev)
+            out = self.predict(x, sl, frame_slice(actions, t, t + 1), cache, prev=prev, members=members)
         else:
             start = max(0, t - max(1, self.cfg.max_frames - 1))  # the window training showed
             seq = torch.cat([past[:, start:], x], dim=1)
             lv = torch.cat([torch.zeros(b, t - start, device=x.device), sl], dim=1)
             first = past[:, start - 1 : start] if start > 0 else None
             prev = self.predecessors(seq, first) if residual else None
-            out = self.predict(seq, lv, frame_slice(actions, start, t + 1), prev=prev)[:, -1:]
+            out = self.predict(seq, lv, frame_slice(actions, start, t + 1), prev=prev, members=members)
+            out = out[..., -1:, :, :, :]
         x0, eps = self._x0_eps(x, torch.tensor(s, device=x.device, dtype=x.dtype), out)
-        return eps - x0
+        if not members:
+            return eps - x0, torch.zeros(b, device=x.device)
+        spread = _spread(x0).flatten(1).mean(1)
+        return eps.mean(0) - x0.mean(0), spread
+
+
+def _per_member(err: Tensor, weights: Tensor) -> Tensor:
+    """Squared errors ``[K, B, ...]`` of K ensemble members, each clip scaled by its member's weight
+    (``weights`` ``[K, B, 1]``) -> ``[K * B, ...]``: the K members' clips as one batch, so that any
+    per-clip reduction of the one-head loss is the mean of the members' losses."""
+    k, b = weights.shape[:2]
+    return (err * weights.view(k, b, *([1] * (err.dim() - 2))).to(err.dtype)).flatten(0, 1)
+
+
+def _spread(members: Tensor) -> Tensor:
+    """The variance over ensemble members (dim 0) of estimates ``[K, B, ...]`` -> ``[B, ...]`` float32."""
+    return members.float().var(0, unbiased=False)

@@ -58,13 +58,23 @@ horizon ``h`` (mean over branches; PSNR in dB per source frame on uint8 at branc
 Skipped (and said so) for a model without actions, or with continuous ones (branch files hold
 discrete Atari actions).
 
+Uncertainty (models with an ensemble of output heads, ``model.ensemble = K > 1``): along the same
+rollouts as the curve, the members' disagreement on each imagined frame (``DynamicsHead.rollout``
+with ``return_disagreement``), mean over clips per horizon, ``ensemble_disagreement``: for
+continuous latents the variance over members of the predicted clean latent in the tokenizer's
+units squared (``latent_scale`` undone, as ``model_latent_mse``, beside which it is read), for FSQ
+indices the members' Jensen-Shannon divergence in nats. Written to ``disagreement.csv``, eval.json
+``disagreement`` and drawn on a second axis of ``compounding_error.png``; growing with the horizon
+means the model knows less the further it imagines.
+
 Reward and continuation (models with ``model.reward_head`` / ``model.continue_head``; the clips
 must then have ``KEY.rewards.npy`` / ``KEY.terminals.npy``): every latent frame of the evaluated
 clips, clean, under the recorded actions: reward-event AUROC, reward MSE and continuation accuracy
 beside the always-zero and base-rate predictors (``outcome_figures``; eval.json ``outcomes``).
 
 Outputs (the file names below are this module's constants, EVAL_JSON...; vidworld/report.py
-documents the folder): ``compounding_error.csv``, ``action_sensitivity.csv``, ``counterfactual.csv``,
+documents the folder): ``compounding_error.csv``, ``action_sensitivity.csv``, ``disagreement.csv``,
+``counterfactual.csv``,
 ``compounding_error.png``, ``rollout.mp4`` (the first clip, truth | model, at the frame rate its
 metadata records), ``counterfactual.mp4`` (the first branch, truth A | model A | truth B | model B,
 at the branch file's rate), ``eval.json`` (provenance, verdict, and a ``counterfactual`` object:
@@ -128,12 +138,14 @@ COMPOUNDING_CSV = "compounding_error.csv"
 COMPOUNDING_FIGURE = "compounding_error.png"
 ACTION_CSV = "action_sensitivity.csv"
 LATENT_CSV = "latent_actions.csv"
+DISAGREEMENT_CSV = "disagreement.csv"
 COUNTERFACTUAL_CSV = "counterfactual.csv"
 ROLLOUT_VIDEO = "rollout.mp4"
 COUNTERFACTUAL_VIDEO = "counterfactual.mp4"
 
 ACTION_COLUMNS = ("horizon", "action_sensitivity_psnr")
 LATENT_COLUMNS = ("horizon", "latent_action_psnr", "latent_sensitivity_psnr")
+DISAGREEMENT_COLUMNS = ("horizon", "ensemble_disagreement")
 
 # The W&B keys this stage logs (vidworld.dashboard draws them): the per-horizon figures as
 # PREFIX + column against HORIZON_KEY (latent frames after the context).
@@ -143,6 +155,7 @@ HORIZON_KEY = COMPOUNDING_PREFIX + "horizon"
 COMPOUNDING_KEYS = tuple(COMPOUNDING_PREFIX + c for c in COMPOUNDING_COLUMNS if c != "horizon")
 ACTION_KEY = COMPOUNDING_PREFIX + "action_sensitivity_psnr"
 LATENT_KEYS = tuple(COMPOUNDING_PREFIX + c for c in LATENT_COLUMNS if c != "horizon")
+DISAGREEMENT_KEY = COMPOUNDING_PREFIX + "ensemble_disagreement"
 COMPOUNDING_TABLE_KEY = "eval/compounding_error"
 COUNTERFACTUAL_TABLE_KEY = "eval/counterfactual"
 FIGURE_KEY = "eval/compounding_error_figure"
@@ -272,8 +285,16 @@ def _sensitivity_status(done: bool, uses_actions: bool, wanted: bool) -> str:
     return "skipped: the model takes no actions" if not uses_actions else "skipped: fewer than 2 clips"
 
 
-def plot_curve(rows: list[dict[str, float]], path: Path, title: str) -> None:
-    """PSNR against horizon: model, copy-last (pixels and through the tokenizer), recon ceiling."""
+def plot_curve(
+    rows: list[dict[str, float]],
+    path: Path,
+    title: str,
+    disagreement: list[dict[str, float]] | None = None,
+    disagreement_label: str = "ensemble disagreement",
+) -> None:
+    """PSNR against horizon: model, copy-last (pixels and through the tokenizer), recon ceiling; with
+    ``disagreement`` rows (``DISAGREEMENT_COLUMNS``), the ensemble's disagreement on a second axis
+    labelled ``disagreement_label``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -294,7 +315,20 @@ def plot_curve(rows: list[dict[str, float]], path: Path, title: str) -> None:
     ax.set_xticks(h)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    if disagreement:
+        right = ax.twinx()
+        (line,) = right.plot(
+            [int(r["horizon"]) for r in disagreement],
+            [r["ensemble_disagreement"] for r in disagreement],
+            "d-.",
+            color="tab:purple",
+            label="ensemble disagreement (right axis)",
+        )
+        right.set_ylabel(disagreement_label)
+        right.set_ylim(bottom=0)
+        handles, labels = [*handles, line], [*labels, line.get_label()]
+    ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -333,7 +367,9 @@ def score_clip(
     """One clip's per-horizon figures (the CSV columns, and ``action_sensitivity_psnr`` when
     ``other_actions`` is given), each ``[horizon]``, and the model's decoded frames. With the
     clip's latent action codes ``latent`` ``[1, context + horizon]`` (and another clip's,
-    ``other_latent``), also ``latent_action_psnr`` (and ``latent_sensitivity_psnr``).
+    ``other_latent``), also ``latent_action_psnr`` (and ``latent_sensitivity_psnr``). For an
+    ensemble (``model.ensemble > 1``), also ``ensemble_disagreement`` along the model's rollout
+    (``disagreement_figure``).
 
     ``x``: the clip's first ``context + horizon`` latent frames (model space, batch of one);
     ``actions`` ``[1, context + horizon, tau]`` or None; ``truth``: its uint8 source frames
@@ -342,7 +378,13 @@ def score_clip(
     c, tau = context, world.tau
     ctx = world.slice(x, 0, c)
     last = world.slice(ctx, c - 1, c)
-    seq_model = roll_out(world, ctx, actions, horizon, noise_seed, sampling)
+    spread = None
+    if world.cfg.ensemble > 1:
+        g = torch.Generator(device=world.device).manual_seed(noise_seed)
+        pred, spread = world.rollout(ctx, actions, horizon, g, sampling, return_disagreement=True)
+        seq_model = world.cat(ctx, pred)
+    else:
+        seq_model = roll_out(world, ctx, actions, horizon, noise_seed, sampling)
     seqs = [seq_model, world.cat(ctx, *([last] * horizon)), x.to(seq_model.dtype)]
     if other_actions is not None and actions is not None:
         # Same context and context actions; only the rolled-out frames get the other clip's actions.
@@ -376,6 +418,8 @@ def score_clip(
     ):
         if name in extra:
             out[col] = np.zeros(horizon)
+    if spread is not None:
+        out["ensemble_disagreement"] = disagreement_figure(world, spread)[0]
     for k in range(horizon):
         i = c + k  # the latent frame of horizon k + 1
         sl = source_slice(i, tau)
@@ -397,6 +441,23 @@ def score_clip(
             other_psnr = psnr(t, decoded[extra["other_latent"]][sl])
             out["latent_sensitivity_psnr"][k] = out["latent_action_psnr"][k] - other_psnr
     return out, model_px
+
+
+def disagreement_figure(world: WorldModel, spread: Tensor) -> np.ndarray:
+    """A rollout's disagreement ``[B, H]`` (``DynamicsHead.rollout``, model space) in the units
+    eval.json states (``disagreement_unit``): continuous latents back in the tokenizer's units
+    (variance / ``latent_scale``², like ``model_latent_mse``), FSQ indices as they are (nats)."""
+    spread = spread.float().cpu()
+    if not world.cfg.is_discrete:
+        spread = spread / world.cfg.latent_scale**2
+    return spread.numpy().astype(np.float64)
+
+
+def disagreement_unit(world: WorldModel) -> str:
+    """What ``ensemble_disagreement`` measures for this model, in words."""
+    if world.cfg.is_discrete:
+        return "Jensen-Shannon divergence of the members' token distributions, nats"
+    return "variance over members of the predicted latent, tokenizer latent units squared"
 
 
 # -- counterfactual actions ------------------------------------------------------------------------
@@ -714,6 +775,12 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
     n = len(chosen)
     sens = sums.pop("action_sensitivity_psnr", None)
     latent_sums = {col: sums.pop(col) for col in LATENT_COLUMNS if col in sums}
+    spread_sums = sums.pop("ensemble_disagreement", None)
+    disagreement_rows = []
+    if spread_sums is not None:
+        disagreement_rows = [
+            {"horizon": float(k + 1), "ensemble_disagreement": float(spread_sums[k] / n)} for k in range(hz)
+        ]
     latent_rows = []
     if latent_sums:
         latent_rows = [
@@ -738,6 +805,10 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
         _write_csv(out / LATENT_CSV, tuple(c for c in LATENT_COLUMNS if c in latent_rows[0]), latent_rows)
     else:
         (out / LATENT_CSV).unlink(missing_ok=True)
+    if disagreement_rows:
+        _write_csv(out / DISAGREEMENT_CSV, DISAGREEMENT_COLUMNS, disagreement_rows)
+    else:
+        (out / DISAGREEMENT_CSV).unlink(missing_ok=True)
     if cf_video is not None:
         _write_csv(out / COUNTERFACTUAL_CSV, COUNTERFACTUAL_COLUMNS, cf_rows)
         atomic_write_bytes(out / COUNTERFACTUAL_VIDEO, encode_mp4(cf_video, fps=windows[0].fps))
@@ -773,6 +844,14 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
             "codes": world.cfg.latent_actions,
             "rows": latent_rows,
         },
+        "disagreement": {
+            "status": "computed"
+            if disagreement_rows
+            else "off: the model has one output head (model.ensemble=1)",
+            "members": world.cfg.ensemble,
+            "unit": disagreement_unit(world) if disagreement_rows else "",
+            "rows": disagreement_rows,
+        },
         "verdict": judge_compounding(rows).flags(),
         "outcomes": outcome_figures(world, outcome_batches),
         "counterfactual": {
@@ -793,7 +872,8 @@ def evaluate(cfg: EvaluateConfig, world: WorldModel | None = None) -> dict[str, 
         f"{Path(world.checkpoint).name or 'model'} | tokenizer {Path(world.tokenizer_path).name} | "
         f"{info['machine']} | {info['date'][:10]}"
     )
-    plot_curve(rows, out / COMPOUNDING_FIGURE, title)
+    label = "ensemble disagreement (" + ("JS, nats" if world.cfg.is_discrete else "latent variance") + ")"
+    plot_curve(rows, out / COMPOUNDING_FIGURE, title, disagreement_rows, label)
     assert video is not None
     # The video is of the first clip: it plays at that clip's recorded rate.
     atomic_write_bytes(out / ROLLOUT_VIDEO, encode_mp4(video, fps=clip_fps(chosen[0]["meta"], cfg.fps)))
@@ -842,8 +922,9 @@ def log_to_wandb(
     action_rows: list[dict[str, float]],
     info: dict[str, Any],
 ) -> None:
-    """The curve as ``compounding/*`` against ``HORIZON_KEY`` (a line plot per column), the table
-    ``eval/compounding_error``, the figure and the rollout video (keys: vidworld.dashboard);
+    """The curve as ``compounding/*`` against ``HORIZON_KEY`` (a line plot per column; with an
+    ensemble also ``DISAGREEMENT_KEY``), the table ``eval/compounding_error``, the figure and the
+    rollout video (keys: vidworld.dashboard);
     when computed, the counterfactual columns as ``counterfactual/*`` against the same horizon,
     the table ``eval/counterfactual`` and ``eval/counterfactual_video``."""
     config = {"eval": json.loads(json.dumps(dataclasses.asdict(cfg))), "provenance": _finite_or_null(info)}
@@ -856,6 +937,7 @@ def log_to_wandb(
         run.define_metric(COUNTERFACTUAL_PREFIX + "*", step_metric=HORIZON_KEY)
         sens = {int(r["horizon"]): r["action_sensitivity_psnr"] for r in action_rows}
         latent = {int(r["horizon"]): r for r in info["latent_actions"]["rows"]}
+        spread = {int(r["horizon"]): r["ensemble_disagreement"] for r in info["disagreement"]["rows"]}
         # The counterfactual horizon is at most the curve's (clamped to the branch files' future).
         cf_rows = info["counterfactual"]["rows"]
         cf = {int(r["horizon"]): r for r in cf_rows}
@@ -864,6 +946,8 @@ def log_to_wandb(
             row = {HORIZON_KEY: h, **{COMPOUNDING_PREFIX + k: v for k, v in r.items() if k != "horizon"}}
             if h in sens:
                 row[ACTION_KEY] = sens[h]
+            if h in spread:
+                row[DISAGREEMENT_KEY] = spread[h]
             row.update({COMPOUNDING_PREFIX + k: v for k, v in latent.get(h, {}).items() if k != "horizon"})
             row.update({COUNTERFACTUAL_PREFIX + k: v for k, v in cf.get(h, {}).items() if k != "horizon"})
             run.log({k: v for k, v in row.items() if not (isinstance(v, float) and not math.isfinite(v))})
@@ -897,6 +981,12 @@ def print_summary(cfg: EvaluateConfig, res: dict[str, Any]) -> int:
         print(
             f"latent actions at h={int(r['horizon'])}: {r['latent_action_psnr']:.2f} dB under the inferred "
             f"codes, sensitivity to shuffled codes {sens:+.3f} dB"
+        )
+    spread = res["disagreement"]
+    for r in spread["rows"]:
+        print(
+            f"ensemble disagreement at h={int(r['horizon'])}: {r['ensemble_disagreement']:.4g} "
+            f"({spread['members']} members; {spread['unit']})"
         )
     cf = res["counterfactual"]
     if cf["status"] == "computed":

@@ -7,6 +7,13 @@ the past (``sample_frame``) and how finished frames are written into the KV cach
 (``write_cache``). The base class owns the rest: the blocks the runtime checkpoints, the training
 forward, initialisation, FLOP counting, and the rollout loop (context through the cache, then one
 frame at a time over a sliding window of ``max_frames - 1`` past frames, as in training).
+
+Uncertainty (``model.ensemble = K > 1``): the backbone carries K members on a shared trunk, each
+with its own top blocks and output layers (``DynamicsTransformer``). Each head trains every member
+on its loss (``member_weights``: the online bootstrap), samples from the members' combined
+prediction, and says how much the members disagree on each imagined frame (``sample_frame``'s
+second output); ``rollout(..., return_disagreement=True)`` returns that per frame, for the
+evaluation and for a planner.
 """
 
 from __future__ import annotations
@@ -97,6 +104,26 @@ class DynamicsHead(nn.Module):
         if self.outcome is not None:
             forward += self.outcome.forward_flops(t)
         return (3.0 + self.no_grad_forwards(t)) * forward
+
+    @property
+    def ensemble_size(self) -> int:
+        """``K``: the number of ensemble members on the trunk (``model.ensemble``; 1 = no ensemble)."""
+        return self.cfg.ensemble
+
+    def member_weights(self, batch: int, device: torch.device) -> Tensor | None:
+        """Training weights ``[K, B, 1]`` of each clip for each ensemble member. With
+        ``model.ensemble_bootstrap``: independent Poisson(1) draws scaled to a mean of 1 over the
+        batch (the online bootstrap: every member trains on the plain loss, each on its own resample
+        of the data); else ones. ``None`` with one head, which then draws no random numbers (its
+        training is what it always was)."""
+        k = self.cfg.ensemble
+        if k == 1:
+            return None
+        if not self.cfg.ensemble_bootstrap:
+            return torch.ones(k, batch, 1, device=device)
+        draws = torch.poisson(torch.ones(k, batch, 1, device=device))
+        # Scaled to a mean of 1 over the batch, so each member's loss keeps the plain loss's scale.
+        return draws / draws.mean(1, keepdim=True).clamp_min(1e-6)
 
     # -- what a head provides ----------------------------------------------------------------
     def init_head_weights(self) -> None:
@@ -195,9 +222,10 @@ class DynamicsHead(nn.Module):
         cache: KVCache | None,
         generator: torch.Generator | None,
         **options: Any,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         """Frame ``t`` ``[B, 1, h, w(, C)]`` after the frames so far ``[B, t, h, w(, C)]`` (read from
-        ``cache`` when given, else rerun over the window) under ``actions`` (all frames)."""
+        ``cache`` when given, else rerun over the window) under ``actions`` (all frames), and the
+        ensemble members' disagreement on it ``[B]`` float32 (zeros with one head; see ``rollout``)."""
         raise NotImplementedError
 
     def write_cache(self, frames: Tensor, before: Tensor | None, actions: Actions, cache: KVCache) -> None:
@@ -215,10 +243,12 @@ class DynamicsHead(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         latent_actions: Tensor | None = None,
+        return_disagreement: bool = False,
         **sampling: Any,
-    ) -> Tensor:
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Generate ``horizon`` frames after ``context`` (the head's layout, ``Tc`` frames) -> the
-        head's layout with ``horizon`` frames.
+        head's layout with ``horizon`` frames; with ``return_disagreement``, ``(frames,
+        disagreement)``, ``disagreement`` ``[B, horizon]`` float32 on the context's device.
 
         ``actions`` cover context and horizon: ``[B, Tc + horizon(, ...)]`` (``None``: no action),
         and so do ``latent_actions`` (``[B, Tc + horizon]`` codes, models with a latent action
@@ -227,6 +257,16 @@ class DynamicsHead(nn.Module):
         in training (a sliding window; see ``DynamicsTransformer.trim_cache``). ``use_cache=False``
         reruns that window at every step: the same result while context + horizon <= ``max_frames``,
         for testing. ``sampling``: the head's sampler settings (``sampling_options``).
+
+        Disagreement (``model.ensemble = K``): how much the K ensemble members disagree on each
+        imagined frame, given the same imagined past, >= 0, larger = less known; all zeros when
+        K = 1. The frames fed back are the members' combined prediction (one trajectory, not K).
+        Diffusion: the variance over members of the predicted clean latent ``x0`` at the last
+        sampling step, averaged over positions and channels (model-space latent units squared, i.e.
+        after ``latent_scale``). MaskGIT: the Jensen-Shannon divergence of the members' token
+        distributions (nats, ``0 .. log K``), each position's taken at the step that reveals it,
+        averaged over positions. A planner scores an imagined action sequence by its return minus
+        ``disagreement_penalty * disagreement.sum(1)`` (or per step, discounted like the rewards).
         """
         actions = FrameActions.of(actions, latent_actions)
         self.check_input(context, "context")
@@ -240,13 +280,20 @@ class DynamicsHead(nn.Module):
         if cache is not None:
             self.write_cache(frames, None, frame_slice(actions, 0, tc), cache)
             self.backbone.trim_cache(cache, window)
+        spread = []
         for i in range(horizon):
             t = tc + i
-            new = self.sample_frame(frames, t, actions, cache, generator, **options)
+            new, disagreement = self.sample_frame(frames, t, actions, cache, generator, **options)
+            spread.append(disagreement)
             before = frames[:, -1:]
             frames = torch.cat([frames, new], dim=1)
             if cache is not None and i + 1 < horizon:
                 # The finished frame, clean, goes into the cache for the frames after it.
                 self.write_cache(new, before, frame_slice(actions, t, t + 1), cache)
                 self.backbone.trim_cache(cache, window)
-        return self.from_frames(frames[:, tc:])
+        out = self.from_frames(frames[:, tc:])
+        if not return_disagreement:
+            return out
+        if not spread:
+            return out, torch.zeros(b, 0, device=frames.device)
+        return out, torch.stack(spread, dim=1).float()

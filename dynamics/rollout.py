@@ -210,12 +210,15 @@ class WorldModel:
         generator: torch.Generator | None = None,
         sampling: SamplingConfig | None = None,
         latent_actions: Tensor | None = None,
-    ) -> Tensor:
+        return_disagreement: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """``horizon`` latent frames after ``context`` (model space) under ``actions`` covering
         context + horizon ``[B, Tc + H, tau(, A)]``; returns model space with ``horizon`` frames.
 
         ``latent_actions``: latent action codes ``[B, Tc + H]`` long (``cfg.latent_actions`` =
         "no latent action"), for a model trained with a latent action model; ``None`` passes none.
+        ``return_disagreement``: also the ensemble members' disagreement per imagined frame
+        ``[B, H]`` (``DynamicsHead.rollout``; model-space units, zeros for a one-head model).
         """
         s = sampling or SamplingConfig()
         if self.cfg.is_discrete:
@@ -225,6 +228,8 @@ class WorldModel:
         kw = {k: v for k, v in kw.items() if v is not None}
         if latent_actions is not None:  # only then: models without latent actions take no such argument
             kw["latent_actions"] = latent_actions
+        if return_disagreement:  # likewise: only DynamicsHead models know it
+            kw["return_disagreement"] = True
         p = next(iter(self.dynamics.parameters()), None)
         if p is not None and context.is_floating_point():
             context = context.to(p.dtype)

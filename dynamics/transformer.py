@@ -194,12 +194,30 @@ class Block(nn.Module):
         return out.view(b, t, n, d)
 
 
+class OutputHead(nn.Module):
+    """One ensemble member's output layers: final adaLN (``out_modulation``) and the unpatchify
+    projection (``patch_out``), as on ``DynamicsTransformer`` itself (which is member 0)."""
+
+    def __init__(self, dim: int, out: int) -> None:
+        super().__init__()
+        self.out_modulation = nn.Linear(dim, 2 * dim)
+        self.patch_out = nn.Linear(dim, out)
+
+
 class DynamicsTransformer(nn.Module):
     """Patchify -> frame-causal blocks -> unpatchify, conditioned per frame on actions.
 
     ``in_features`` / ``out_features``: features per latent position going in and out
     (latent channels for the diffusion head; an embedding width in and codebook logits out
     for the MaskGIT head).
+
+    ``model.ensemble = K > 1``: K members on one shared trunk, each with its own top
+    ``model.ensemble_depth`` blocks and output layers (final adaLN + unpatchify). Member 0 owns the
+    last ``ensemble_depth`` of the ``depth`` blocks and ``out_modulation`` / ``patch_out``; member
+    ``k > 0`` owns ``blocks[depth + (k-1) e : depth + k e]`` (``e = ensemble_depth``) and
+    ``ensemble_heads[k-1]``. ``blocks`` thus holds every block (the runtime checkpoints and compiles
+    them all) and with one member is what it always was. ``forward(members=True)`` gives each
+    member's output, otherwise their mean.
     """
 
     def __init__(self, cfg: DynamicsConfig, in_features: int, out_features: int) -> None:
@@ -209,8 +227,11 @@ class DynamicsTransformer(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.patch_in = nn.Linear(in_features * p * p, d)
         kinds = ["spatial", "temporal"] if cfg.factorized else ["full"]
-        # One kind per block, read by the forward (masks) and trim_cache.
+        # One kind per block, read by the forward (masks) and trim_cache: the depth blocks of the
+        # trunk and member 0, then each further ensemble member's copies of the top ones.
         self.block_kinds = [kinds[i % len(kinds)] for i in range(cfg.depth)]
+        e = cfg.ensemble_depth if cfg.ensemble > 1 else 0
+        self.block_kinds += self.block_kinds[cfg.depth - e :] * (cfg.ensemble - 1)
         self.blocks = nn.ModuleList(
             Block(d, cfg.heads, cfg.mlp_ratio, k, cfg.attention_backend) for k in self.block_kinds
         )
@@ -226,6 +247,13 @@ class DynamicsTransformer(nn.Module):
             self.action_embed = None
         # Codes of a latent action model (clips without action labels), index latent_actions = none.
         self.latent_action_embed = nn.Embedding(cfg.latent_actions + 1, d) if cfg.latent_actions > 0 else None
+        # Ensemble members past the first (model.ensemble > 1); none at all with one head, so such a
+        # model's parameters and checkpoints are what they always were.
+        self.ensemble_heads = (
+            nn.ModuleList(OutputHead(d, out_features * p * p) for _ in range(cfg.ensemble - 1))
+            if cfg.ensemble > 1
+            else None
+        )
 
     # -- set-up -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -247,6 +275,30 @@ class DynamicsTransformer(nn.Module):
         for m in (self.out_modulation, self.patch_out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
+        if self.ensemble_heads is not None:
+            # Members start from their own random projections (model.ensemble_prior_scale; adaLN still
+            # zero): from a zero start they stay inside the span of what training showed, where they
+            # all agree, and hardly disagree on anything the data never showed.
+            std = self.cfg.ensemble_prior_scale / math.sqrt(self.cfg.dim)
+            for mod, proj in self.output_heads():
+                nn.init.zeros_(mod.weight)
+                nn.init.zeros_(mod.bias)
+                nn.init.normal_(proj.weight, std=std)
+
+    def output_heads(self) -> list[tuple[nn.Linear, nn.Linear]]:
+        """``(out_modulation, patch_out)`` of each ensemble member, member 0 first."""
+        heads = [(self.out_modulation, self.patch_out)]
+        for m in self.ensemble_heads or ():
+            heads.append((m.out_modulation, m.patch_out))
+        return heads
+
+    def member_blocks(self) -> tuple[range, list[range]]:
+        """Indices into ``blocks``: the shared trunk's, and each ensemble member's own (member 0 first)."""
+        cfg = self.cfg
+        e = cfg.ensemble_depth if cfg.ensemble > 1 else 0
+        own = [range(cfg.depth - e, cfg.depth)]
+        own += [range(cfg.depth + k * e, cfg.depth + (k + 1) * e) for k in range(cfg.ensemble - 1)]
+        return range(cfg.depth - e), own
 
     # -- forward ------------------------------------------------------------------------------
     def embed_actions(self, actions: Actions, batch: int, frames: int) -> Tensor | None:
@@ -321,10 +373,13 @@ class DynamicsTransformer(nn.Module):
         cache: KVCache | None = None,
         write_cache: bool = False,
         return_state: bool = False,
+        members: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """``x`` ``[B, T, h, w, F_in]`` -> ``[B, T, h, w, F_out]``; with ``return_state`` also the
         last block's tokens ``[B, T, N, D]`` (what the reward and continuation heads pool into a
-        per-frame state, ``dynamics.outcome``).
+        per-frame state, ``dynamics.outcome``). ``members``: each ensemble member's output,
+        ``[K, B, T, h, w, F_out]`` (``K = model.ensemble``; ``[1, ...]`` with one head); otherwise
+        the members' mean. With an ensemble the state is the members' mean last-block tokens.
 
         ``actions``: ``[B, T]`` long or ``[B, T, A]`` float, the action that led to each frame
         (or ``[B, T, k(, A)]``: ``k`` actions per frame, summed), or ``FrameActions`` with latent
@@ -361,16 +416,32 @@ class DynamicsTransformer(nn.Module):
             "temporal": None if t == 1 else FrameCausalMask(t, past + t, 1, past),
             "spatial": None,
         }
-        for i, blk in enumerate(self.blocks):
-            mask = masks[self.block_kinds[i]]
-            tokens = blk(tokens, c, cos, sin, mask, cache, i, write_cache)
-        shift, scale = self.out_modulation(F.silu(c))[:, :, None].chunk(2, dim=-1)
-        out = self.patch_out(self.norm_out(tokens) * (1 + scale) + shift)
+        trunk, own = self.member_blocks()
+
+        def run(x: Tensor, indices: range) -> Tensor:
+            for i in indices:
+                x = self.blocks[i](x, c, cos, sin, masks[self.block_kinds[i]], cache, i, write_cache)
+            return x
+
+        tokens = run(tokens, trunk)
+        fo = self.out_features
+        outs, states = [], []
+        for indices, (modulation, patch_out) in zip(own, self.output_heads(), strict=True):
+            state = run(tokens, indices)
+            shift, scale = modulation(F.silu(c))[:, :, None].chunk(2, dim=-1)
+            out = patch_out(self.norm_out(state) * (1 + scale) + shift)
+            outs.append(
+                out.reshape(b, t, gh, gw, p, p, fo).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h, w, fo)
+            )
+            states.append(state)
         if cache is not None and write_cache:
             cache.frames += t
-        fo = self.out_features
-        out = out.reshape(b, t, gh, gw, p, p, fo).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h, w, fo)
-        return (out, tokens) if return_state else out
+        if len(outs) == 1:
+            out, state = (outs[0][None] if members else outs[0]), states[0]
+        else:
+            out = torch.stack(outs) if members else torch.stack(outs).mean(0)
+            state = torch.stack(states).mean(0)
+        return (out, state) if return_state else out
 
     def trim_cache(self, cache: KVCache, keep_frames: int) -> None:
         """Keep only the last ``keep_frames`` frames' keys and values (a sliding context window).
@@ -402,8 +473,9 @@ class DynamicsTransformer(nn.Module):
         cfg, d = self.cfg, self.cfg.dim
         n, t = cfg.tokens_per_frame, frames
         hidden = int(d * cfg.mlp_ratio)
-        per_token = self.patch_in.weight.numel() + self.patch_out.weight.numel()
-        per_frame = self.out_modulation.weight.numel()
+        heads = self.output_heads()  # every ensemble member's output layers run on every token
+        per_token = self.patch_in.weight.numel() + sum(proj.weight.numel() for _, proj in heads)
+        per_frame = sum(mod.weight.numel() for mod, _ in heads)
         if isinstance(self.action_embed, nn.Linear):
             per_frame += self.action_embed.weight.numel()
         pairs = 0

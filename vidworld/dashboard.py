@@ -40,6 +40,8 @@ from dynamics.evaluate import (
     COMPOUNDING_KEYS,
     COMPOUNDING_PREFIX,
     COMPOUNDING_TABLE_KEY,
+    DISAGREEMENT_CSV,
+    DISAGREEMENT_KEY,
     FIGURE_KEY,
     HORIZON_KEY,
     LATENT_CSV,
@@ -104,7 +106,7 @@ DATA_SCALAR_KEYS = (
 )
 PUBLISHED_KEYS = (
     HEADLINE_KEYS
-    + (HORIZON_KEY, *COMPOUNDING_KEYS, ACTION_KEY, *LATENT_KEYS)
+    + (HORIZON_KEY, *COMPOUNDING_KEYS, ACTION_KEY, *LATENT_KEYS, DISAGREEMENT_KEY)
     + EVAL_SCALAR_KEYS
     + LAM_SCALAR_KEYS
     + MEDIA_KEYS
@@ -184,6 +186,7 @@ def dashboard_spec() -> tuple[SectionSpec, ...]:
                 ),
                 line("action sensitivity (dB) against horizon", ACTION_KEY, x=HORIZON_KEY),
                 line("under latent actions (dB) against horizon", *LATENT_KEYS, x=HORIZON_KEY),
+                line("ensemble disagreement against horizon", DISAGREEMENT_KEY, x=HORIZON_KEY),
                 PanelSpec("table", "compounding error", (COMPOUNDING_TABLE_KEY,)),
                 PanelSpec("media", "compounding error figure", (FIGURE_KEY,)),
             ),
@@ -302,7 +305,7 @@ def published_metrics(output_dir: str | Path) -> dict[str, Any]:
     if lam.is_file():
         overall = json.loads(lam.read_text()).get("overall") or {}
         out.update({f"lam/{k}": float(overall[k]) for k in LAM_FIGURES if overall.get(k) is not None})
-    for csv_name in (COMPOUNDING_CSV, ACTION_CSV, LATENT_CSV):
+    for csv_name in (COMPOUNDING_CSV, ACTION_CSV, LATENT_CSV, DISAGREEMENT_CSV):
         path = layout.eval / csv_name
         if path.is_file():
             rows = read_csv_rows(path)

@@ -49,6 +49,10 @@ The output folder of ``vidworld run`` (this docstring is the one place it is wri
     DIR/eval/latent_actions.csv     horizon, latent_action_psnr, latent_sensitivity_psnr (dB): rollouts
                                     under the inferred latent codes and the gain over another clip's;
                                     absent without a latent action model
+    DIR/eval/disagreement.csv       horizon, ensemble_disagreement: how much the dynamics model's
+                                    ensemble members disagree on each imagined frame (latent
+                                    variance, or JS divergence in nats for FSQ indices); absent for a
+                                    one-head model (model.ensemble=1)
     DIR/eval/counterfactual.csv     horizon, factual_psnr, counterfactual_psnr (dB),
                                     counterfactual_latent_mse, true_ab_psnr (dB),
                                     action_response_ratio, action_response_ratio_recon
@@ -88,6 +92,8 @@ from dynamics.evaluate import (
     COMPOUNDING_FIGURE,
     COUNTERFACTUAL_CSV,
     COUNTERFACTUAL_VIDEO,
+    DISAGREEMENT_COLUMNS,
+    DISAGREEMENT_CSV,
     EVAL_JSON,
     LATENT_COLUMNS,
     LATENT_CSV,
@@ -916,6 +922,10 @@ def section_curve(rep: Report, h: Headline) -> None:
         rep.add(f'<p class="says">Actions: {esc(action_verdict(h.actions.rows))}</p>')
     if h.counterfactual.rows:
         rep.add(f'<p class="says">Counterfactual: {esc(counterfactual_verdict(h.counterfactual.rows))}</p>')
+    spread_path = e / DISAGREEMENT_CSV
+    spread = read_csv_rows(spread_path) if spread_path.is_file() else []
+    if spread:
+        rep.add(f'<p class="says">Uncertainty: {esc(disagreement_verdict(spread))}</p>')
     png = e / COMPOUNDING_FIGURE
     if png.is_file():
         media(rep, png, "compounding error against the horizon", "")
@@ -931,9 +941,31 @@ def section_curve(rep: Report, h: Headline) -> None:
                 "PSNR (dB)",
             )
         )
+        if spread:
+            rep.add(
+                svg_lines(
+                    {"ensemble_disagreement": [(r["horizon"], r["ensemble_disagreement"]) for r in spread]},
+                    "ensemble disagreement against horizon",
+                    "horizon (frames)",
+                    "disagreement",
+                )
+            )
         rep.note_missing(png, "drawn here from the CSV instead")
     else:
         rep.note_missing(png, "no compounding-error figure")
+
+
+def disagreement_verdict(rows: list[dict[str, float]]) -> str:
+    """The ensemble's disagreement along the rollouts (eval/disagreement.csv), in words."""
+    first, last = rows[0], rows[-1]
+    a, b, h = first["ensemble_disagreement"], last["ensemble_disagreement"], int(last["horizon"])
+    if len(rows) == 1:
+        return f"the ensemble's members disagree by {a:.3g} on the imagined frame."
+    trend = "grows" if b > a else "does not grow"
+    return (
+        f"the ensemble's disagreement {trend} with the horizon ({a:.3g} at h=1, {b:.3g} at h={h}): "
+        "where it grows, the further the model imagines the less its members agree."
+    )
 
 
 def _run_folder(rep: Report, run_dir: Path, name: str) -> None:
@@ -1161,6 +1193,15 @@ def section_raw(rep: Report, h: Headline) -> None:
             rep.add('<p class="na">Not measured: the dynamics model has no latent action model.</p>')
 
     rep.fold("Rollouts under latent actions per horizon, dB (eval/latent_actions.csv)", latent_rollouts)
+
+    def disagreement() -> None:
+        path = rep.layout.eval / DISAGREEMENT_CSV
+        if path.is_file():
+            rep.add(rows_table(read_csv_rows(path), DISAGREEMENT_COLUMNS))
+        else:
+            rep.add('<p class="na">Not measured: the dynamics model has one head (model.ensemble=1).</p>')
+
+    rep.fold("Ensemble disagreement per horizon (eval/disagreement.csv)", disagreement)
     rep.fold("Tokenizer reconstruction (tokenizer/eval/metrics.json)", lambda: _tokenizer_metrics(rep))
     rep.fold(
         "Tokenizer training (tokenizer/: loss, last step, config)",

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import dynamics.evaluate as ev
+from dynamics import build_dynamics
 from dynamics.evaluate import ACTION_COLUMNS, EvaluateConfig, evaluate
 from dynamics.rollout import source_slice
 from dynamics.verdict import COMPOUNDING_COLUMNS
@@ -155,3 +156,59 @@ def test_rollout_video_plays_at_the_rate_the_clips_were_curated_at(data, tmp_pat
     evaluate(_cfg(data, tmp_path, fps=15.0), world(data, CopyLastDynamics()))
     with av.open(str(tmp_path / "rollout.mp4")) as container:
         assert container.streams.video[0].average_rate == 24
+
+
+def test_an_ensembles_disagreement_is_logged_per_horizon_beside_the_curve(data, tmp_path, monkeypatch):
+    logged: list[dict] = []
+
+    class Run:
+        def define_metric(self, *a, **kw) -> None:
+            pass
+
+        def log(self, row: dict) -> None:
+            logged.append(row)
+
+        def finish(self) -> None:
+            pass
+
+    monkeypatch.setattr(ev, "open_run", lambda *a, **kw: Run())
+    cfg = dyn_config(ensemble=3, latent_scale=2.0)
+    torch.manual_seed(0)
+    w = world(data, build_dynamics(cfg).eval(), cfg)
+    res = evaluate(_cfg(data, tmp_path, horizon=2), w)
+    spread = res["disagreement"]
+    assert spread["status"] == "computed" and spread["members"] == 3 and "tokenizer" in spread["unit"]
+    assert [r["horizon"] for r in spread["rows"]] == [1.0, 2.0]
+    assert all(r["ensemble_disagreement"] > 0 for r in spread["rows"])
+    cols, rows = _rows(tmp_path / "disagreement.csv")
+    assert tuple(cols) == ("horizon", "ensemble_disagreement")
+    assert [r["ensemble_disagreement"] for r in rows] == pytest.approx(
+        [r["ensemble_disagreement"] for r in spread["rows"]], rel=1e-5
+    )
+    assert json.loads((tmp_path / "eval.json").read_text())["disagreement"]["rows"] == spread["rows"]
+    curve = [r for r in logged if "compounding/horizon" in r]
+    assert [r[ev.DISAGREEMENT_KEY] for r in curve] == [r["ensemble_disagreement"] for r in spread["rows"]]
+    # The same rollouts by hand (clip j's noise seed is j at seed 0): latent_scale 2 divides by 4.
+    model = world(data, build_dynamics(cfg).eval(), cfg)
+    model.dynamics.load_state_dict(w.dynamics.state_dict())
+    samples = {s["key"]: s for s in iter_split(str(data["root"] / "latents"), "heldout")}
+    by_hand = []
+    for j, key in enumerate(res["data"]["keys"]):
+        x, actions = model.prepare(samples[key])
+        g = torch.Generator().manual_seed(j)
+        _, d = model.rollout(model.slice(x, 0, 2), actions[:, :4], 2, g, return_disagreement=True)
+        by_hand.append(d[0] / 4)
+    assert [r["ensemble_disagreement"] for r in spread["rows"]] == pytest.approx(
+        torch.stack(by_hand).mean(0).tolist(), rel=1e-5
+    )
+    # A one-head model has no disagreement to log, and a stale file goes.
+    res = evaluate(_cfg(data, tmp_path), world(data, CopyLastDynamics()))
+    assert res["disagreement"]["status"].startswith("off") and res["disagreement"]["rows"] == []
+    assert not (tmp_path / "disagreement.csv").exists()
+
+
+def test_an_ensemble_run_folder_loads_from_its_config_and_safetensors_and_is_evaluated(data, tmp_path):
+    run = write_run(tmp_path / "run", dyn_config(ensemble=2, ensemble_depth=1), step=3, perturb=0.05)
+    res = evaluate(_cfg(data, tmp_path / "eval", checkpoint=str(run), device="cpu"))
+    assert res["checkpoint_step"] == 3 and res["disagreement"]["members"] == 2
+    assert len(res["disagreement"]["rows"]) == 2 and (tmp_path / "eval" / "disagreement.csv").is_file()

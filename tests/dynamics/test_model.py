@@ -164,6 +164,8 @@ FLOP_SHAPES = {
         6,
         dict(dim=96, heads=4, latent_height=16, latent_width=8, patch_size=4, mlp_ratio=2.0),
     ),
+    # Three ensemble members, each with its own top block and output layers (model.ensemble).
+    "4f-8x8-p2-d64-ensemble3": (4, dict(dim=64, heads=4, ensemble=3, ensemble_depth=1)),
 }
 
 

@@ -162,6 +162,7 @@ def make_output(
     (ev / "latent_actions.csv").write_text(
         "horizon,latent_action_psnr,latent_sensitivity_psnr\n1,30.5,0.25\n2,29.0,0.5\n3,28.0,0.75\n"
     )
+    (ev / "disagreement.csv").write_text("horizon,ensemble_disagreement\n1,0.0125\n2,0.03125\n3,0.0625\n")
     training_run(out / "lam", range(10, 31, 10), 0.05, "lam")
     lam_eval = out / "lam" / "eval"
     lam_eval.mkdir(parents=True)

@@ -50,6 +50,7 @@ def test_published_metrics_of_a_full_folder_cover_every_published_key(tmp_path):
     assert horizon_rows[2]["compounding/model_psnr"] == 22.125
     assert horizon_rows[1]["compounding/action_sensitivity_psnr"] == 1.25
     assert horizon_rows[2]["compounding/latent_sensitivity_psnr"] == 0.75 and m["lam/nmi"] == 0.4
+    assert [r["compounding/ensemble_disagreement"] for r in horizon_rows] == [0.0125, 0.03125, 0.0625]
     assert m["data/inputs_failed"] == 1.0 and m["eval/recon_ssim"] == 0.8125
     assert m["data/clips_filtered"]["data"] == [["static", 7]]
     assert [r[1] for r in m["data/inputs_not_ok"]["data"]] == ["failed", "skipped"]

@@ -427,3 +427,14 @@ def test_report_shows_the_latent_action_figures_per_game_and_their_rollouts(full
             path.unlink()
     text = " ".join(parse(build_report(full_output)).text)
     assert "no latent action model was trained" in text and "Missing: lam" not in text
+
+
+def test_report_says_how_the_ensembles_disagreement_grows_and_tables_it(full_output):
+    text = " ".join(parse(build_report(full_output)).text)
+    assert "disagreement grows with the horizon (0.0125 at h=1, 0.0625 at h=3)" in text
+    assert "Ensemble disagreement per horizon" in text and "0.03125" in text
+    # A one-head model: not measured, and not listed as missing.
+    (full_output / "eval" / "disagreement.csv").unlink()
+    text = " ".join(parse(build_report(full_output)).text)
+    assert "Not measured: the dynamics model has one head (model.ensemble=1)." in text
+    assert "Uncertainty:" not in text and "Missing: eval/disagreement.csv" not in text
