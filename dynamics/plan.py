@@ -16,6 +16,10 @@ a latent frame codes), observes the real frame and plans again (receding horizon
   whole population (path-integral control over discrete actions; the temperature is in units of
   the population's spread of returns, so one setting serves every reward scale).
 
+With ``planner.disagreement_penalty`` > 0 and a dynamics model trained as an ensemble
+(``model.ensemble``), each imagined frame's reward is lowered by the penalty times the members'
+disagreement there: the planner prefers futures its model knows.
+
 Between decisions the distribution shifts one frame forward (warm start) and the new last frame
 starts uniform. All candidates of a round are imagined as one batch (on the GPU when there is one).
 
@@ -84,6 +88,9 @@ class PlannerConfig:
     temperature: float = 0.5  # mppi: weights softmax(returns / (temperature * their std))
     smoothing: float = 0.2  # weight of the old distribution in each refit (0: the new one alone)
     discount: float = 0.97  # per latent frame
+    # Subtracted per imagined frame times the ensemble members' disagreement there (model.ensemble > 1;
+    # DynamicsHead.rollout): steers the model planner away from futures its model is unsure of.
+    disagreement_penalty: float = 0.0
 
     def validate(self) -> None:
         checks = [
@@ -96,6 +103,7 @@ class PlannerConfig:
             ("temperature", self.temperature > 0, "must be > 0"),
             ("smoothing", 0.0 <= self.smoothing < 1.0, "must be in [0, 1)"),
             ("discount", 0.0 < self.discount <= 1.0, "must be in (0, 1]"),
+            ("disagreement_penalty", self.disagreement_penalty >= 0.0, "must be >= 0"),
         ]
         for key, ok, why in checks:
             if not ok:
@@ -255,6 +263,7 @@ class ModelScorer:
         resize: str,
         seed: int,
         sampling: SamplingConfig | None = None,
+        disagreement_penalty: float = 0.0,
     ) -> None:
         model = world.dynamics
         if getattr(model, "outcome", None) is None or model.outcome.reward is None:
@@ -267,7 +276,14 @@ class ModelScorer:
                 f"checkpoint={world.checkpoint} takes {world.cfg.action_type} actions; vidworld plan "
                 "plans over discrete game actions (model.action_type=discrete)"
             )
+        if disagreement_penalty > 0 and int(getattr(model, "ensemble_size", 1)) < 2:
+            raise ConfigError(
+                f"planner.disagreement_penalty={disagreement_penalty} needs an ensemble, but checkpoint="
+                f"{world.checkpoint} has one member (model.ensemble=1): train with model.ensemble=4 or set "
+                "planner.disagreement_penalty=0"
+            )
         self.world, self.context, self.discount, self.resize = world, context, discount, resize
+        self.penalty = disagreement_penalty
         self.sampling = sampling or SamplingConfig()
         self.generator = torch.Generator(device=world.device).manual_seed(seed)
         scale = int(world.tokenizer.spatial_compression)
@@ -322,11 +338,22 @@ class ModelScorer:
         if int(getattr(cfg, "latent_actions", 0) or 0) > 0:
             latent = torch.full((n, tc + h), cfg.latent_actions, dtype=torch.long, device=world.device)
         ctx = x.expand(n, *x.shape[1:])
-        imagined = world.rollout(ctx, actions, h, self.generator, self.sampling, latent)
+        if self.penalty > 0:
+            imagined, disagreement = world.rollout(
+                ctx, actions, h, self.generator, self.sampling, latent, return_disagreement=True
+            )
+        else:
+            imagined, disagreement = (
+                world.rollout(ctx, actions, h, self.generator, self.sampling, latent),
+                None,
+            )
         reward, cont = self.outcomes(world.cat(ctx, imagined), actions, latent, tc)
         alive = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], dim=1), dim=1)
         weights = self.discount ** torch.arange(h, device=reward.device, dtype=reward.dtype)
-        return (reward * alive * weights).sum(1).cpu().numpy()
+        value = reward * alive
+        if disagreement is not None:
+            value = value - self.penalty * disagreement.to(value)
+        return (value * weights).sum(1).cpu().numpy()
 
     def outcomes(
         self, x: Tensor, actions: Tensor, latent: Tensor | None, start: int
@@ -468,7 +495,15 @@ def plan(cfg: PlanConfig, world: WorldModel | None = None) -> dict[str, Any]:
         if "model" in cfg.agents:
             world = world or WorldModel.load(cfg.checkpoint, cfg.tokenizer, cfg.device)
             tau = world.tau
-            model = ModelScorer(world, cfg.context, cfg.planner.discount, cfg.resize, cfg.seed, cfg.sampling)
+            model = ModelScorer(
+                world,
+                cfg.context,
+                cfg.planner.discount,
+                cfg.resize,
+                cfg.seed,
+                cfg.sampling,
+                cfg.planner.disagreement_penalty,
+            )
         games: dict[str, Any] = {}
         total = len(cfg.games) * len(cfg.agents) * cfg.episodes * cfg.max_steps
         progress = Progress("plan", total, unit="steps", interval=10.0)

@@ -138,14 +138,16 @@ def data(tmp_path_factory):
     return out
 
 
-def _scorer(data, reward, cont, discount=0.9) -> ModelScorer:
+def _scorer(data, reward, cont, discount=0.9, cfg=None, penalty=0.0) -> ModelScorer:
     """A ModelScorer whose outcome heads are replaced by rules of the actions (``FrameActions``)."""
-    model = build_dynamics(data["cfg"])
+    cfg = cfg or data["cfg"]
+    torch.manual_seed(0)
+    model = build_dynamics(cfg)
     model.predict_outcomes = lambda x, actions: {  # type: ignore[method-assign]
         "reward": reward(actions.real[:, :, 0]),
         "continue_prob": cont(actions.real[:, :, 0]),
     }
-    scorer = ModelScorer(world(data, model, data["cfg"]), 2, discount, "squash", 0)
+    scorer = ModelScorer(world(data, model, cfg), 2, discount, "squash", 0, None, penalty)
     obs = np.random.default_rng(0).integers(0, 255, (210, 160, 3), dtype=np.uint8)
     scorer.reset(obs)
     for a in (1, 1, 2, 5, 0):  # history: 6 frames, 5 actions; tau=4 -> a 2-latent-frame context
@@ -170,6 +172,21 @@ def test_the_model_scorer_weighs_rewards_by_the_chance_the_episode_goes_on(data)
     )
     got = scorer.returns(np.zeros((1, 4), np.int64))
     assert np.allclose(got, [sum((0.9 * 0.5) ** j for j in range(4))], atol=1e-5)
+
+
+def test_the_ensembles_disagreement_lowers_a_candidates_score(data):
+    cfg = dyn_config(reward_head=True, num_actions=6, ensemble=3)
+    zero, one = (
+        (lambda a: torch.zeros_like(a, dtype=torch.float)),
+        (lambda a: torch.ones_like(a, dtype=torch.float)),
+    )
+    candidates = np.random.default_rng(0).integers(0, 6, (5, 4))
+    plain = _scorer(data, zero, one, cfg=cfg).returns(candidates)
+    once = _scorer(data, zero, one, cfg=cfg, penalty=1.0).returns(candidates)
+    twice = _scorer(data, zero, one, cfg=cfg, penalty=2.0).returns(candidates)
+    assert np.allclose(plain, 0.0) and (once < 0).all() and np.allclose(twice, 2 * once, rtol=1e-4)
+    with pytest.raises(ConfigError, match="disagreement_penalty=1.0 needs an ensemble"):
+        _scorer(data, zero, one, penalty=1.0)
 
 
 def test_the_model_context_carries_the_actions_taken(data):
