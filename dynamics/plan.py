@@ -68,6 +68,7 @@ from runtime.files import atomic_write_text, folder_lock
 from runtime.progress import Progress
 from runtime.stage import stage_cli
 from runtime.tracking import Table, WandbConfig, open_run, wandb_media
+from tokenizer.evaluate import machine_name, utc_now
 from tokenizer.tokenize import frames_to_video
 
 METHODS = ("cem", "mppi")
@@ -549,6 +550,8 @@ def plan(cfg: PlanConfig, world: WorldModel | None = None) -> dict[str, Any]:
             "context": cfg.context,
             "planner": dataclasses.asdict(cfg.planner),
             "device": str(world.device) if world is not None else "cpu",
+            "machine": machine_name(),
+            "date": utc_now(),
         }
         out = Path(cfg.output)
         atomic_write_text(out / "plan.json", json.dumps(result, indent=2) + "\n")
