@@ -177,9 +177,11 @@ class WorldModel:
             # Every clip keeps its recorded actions here: label_fraction hides labels in training only.
             cfg = dataclasses.replace(self.cfg, max_frames=t, label_fraction=1.0)
             # No loader: the data config only says how the task treats a sample: one without actions
-            # (unlabelled video) gets "no action", as in training.
+            # (unlabelled video) gets "no action", as in training, and one without rewards or
+            # terminals unknown outcome targets.
             self._tasks[t] = DynamicsTask(
-                cfg, SimpleNamespace(data=LoaderConfig(shards="", optional=["actions"]))
+                cfg,
+                SimpleNamespace(data=LoaderConfig(shards="", optional=["actions", "rewards", "terminals"])),
             )
         batch = {k: (v[None] if isinstance(v, Tensor) else v) for k, v in sample.items()}
         task = self._tasks[t]

@@ -78,6 +78,12 @@ def group_actions(actions: Tensor, latent_frames: int, tau: int, no_action: int 
     return torch.cat([first, body], dim=1)
 
 
+def _keys(batch: dict[str, Any]) -> list[str]:
+    """The clip keys of a loader batch (a list) or of one sample (a string)."""
+    key = batch.get("key") or []
+    return [key] if isinstance(key, str) else list(key)
+
+
 class LatentShardTask:
     """What the tasks that train on latent shards share (``DynamicsTask``, ``dynamics.lam_task.LAMTask``):
     the resumable loader (``data:`` is a ``LoaderConfig``) behind ``batches`` and ``loader_state``, and
@@ -190,7 +196,7 @@ class DynamicsTask(LatentShardTask):
                 "tokenizer's latent shards or pick the other head"
             )
         t = x.shape[1]
-        keys = list(batch.get("key") or [])
+        keys = _keys(batch)
         need = 2 if cfg.head == "diffusion" and cfg.residual else 1
         if t < need:
             raise ValueError(
@@ -252,7 +258,7 @@ class DynamicsTask(LatentShardTask):
             if on and not isinstance(value, Tensor) and name not in optional:
                 raise ValueError(
                     f"model.{'reward' if name == 'rewards' else 'continue'}_head=true trains on "
-                    f"KEY.{name}.npy but the batch has none (clips {list(batch.get('key') or [])[:4]}): "
+                    f"KEY.{name}.npy but the batch has none (clips {_keys(batch)[:4]}): "
                     f"curate sources that record {name} (docs/formats.md), turn the head off, or name "
                     f"it in data.optional=[{name}] to train the head on the clips that have it"
                 )
@@ -300,8 +306,7 @@ class DynamicsTask(LatentShardTask):
     def labeled(self, batch: dict[str, Any]) -> Tensor:
         """Bool ``[B]``: which clips of a loader batch train with their action labels (they have
         them, and ``label_fraction`` keeps them)."""
-        key = batch.get("key") or []
-        keys = [key] if isinstance(key, str) else list(key)
+        keys = _keys(batch)
         n = len(keys) if keys else next(v.shape[0] for v in batch.values() if isinstance(v, Tensor))
         if isinstance(batch.get("actions_present"), Tensor):
             present = batch["actions_present"].bool().clone()

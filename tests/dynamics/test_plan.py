@@ -23,6 +23,7 @@ from pipeline.samples import make_atari_env
 from runtime.config import ConfigError
 from runtime.tracking import WandbConfig
 from tests.dynamics.eval_helpers import dyn_config, make_data, world, write_run
+from tokenizer.evaluate import iter_split
 from vidworld.cli import main
 
 
@@ -194,6 +195,16 @@ def test_the_model_context_carries_the_actions_taken(data):
     x, actions = scorer.encode_context()
     assert x.shape[2] == 2  # 5 frames of history cover 2 latent frames at tau=4
     assert actions.tolist() == [[[6] * 4, [1, 2, 5, 0]]]  # frame 0: no action; then the 4 taken
+
+
+def test_clips_without_rewards_prepare_for_a_model_with_outcome_heads(data):
+    # The held-out clips here record no rewards (camera footage in a mix): evaluation and planning
+    # prepare them with unknown outcome targets instead of refusing them.
+    w = world(data, build_dynamics(data["cfg"]), data["cfg"])
+    sample = next(iter(iter_split(str(data["root"] / "latents"), "heldout")))
+    assert "rewards" not in sample
+    out = w.prepare_batch(sample)
+    assert torch.isnan(out["rewards"]).all() and torch.isnan(out["continues"]).all()
 
 
 def test_a_model_without_a_reward_head_is_refused(data):
