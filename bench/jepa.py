@@ -147,7 +147,11 @@ def main() -> None:
         "jepa_untrained": jepa_features(jepa0),
     }
     t0 = time.perf_counter()
-    table = probe_table(clips(train), clips(held), reps)
+    table = {}
+    bar = Progress("probes", len(reps), unit="representations", interval=0.0)
+    for name, rep in reps.items():
+        table.update(probe_table(clips(train), clips(held), {name: rep}))
+        bar.update(1)
     report["probe_s"] = round(time.perf_counter() - t0, 1)
     z = jepa.embed(torch.cat([c.latents for c in clips(held)], dim=2))[0]
     std = z.std(0)

@@ -22,9 +22,9 @@ on the *training* clips and scored on the *held-out* ones (the shards' ``split``
   ``action_accuracy`` and ``action_balanced_accuracy`` (mean recall over the classes present),
   beside ``action_chance`` (1 / those classes) and ``action_majority_accuracy`` (always the
   training set's most frequent class);
-- rewards: ridge regression to ``symlog(reward)`` -> ``reward_auroc`` (the predicted ``|reward|``
-  scoring the held-out reward events, 0.5 for no signal), ``reward_mse`` (reward units) beside
-  ``reward_mse_zero`` (always 0).
+- rewards: ridge regression to ``symlog(reward)`` (clipped to the training range) ->
+  ``reward_auroc`` (the predicted ``|reward|`` scoring the held-out reward events, 0.5 for no
+  signal), ``reward_mse`` (reward units) beside ``reward_mse_zero`` (always 0).
 
 ``evaluate_jepa(JEPA_RUN, SHARDS)`` runs the three (the dynamics model's when ``dynamics_run`` is
 given) over latent shards; ``bench/jepa.py`` trains both models on Atari frames and prints the table.
@@ -131,14 +131,17 @@ def transition_rows(
 
 
 def _ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alpha: float) -> np.ndarray:
-    """Ridge regression on standardised features (the intercept unpenalised) -> test predictions."""
+    """Ridge regression on standardised features (the intercept unpenalised) -> test predictions,
+    clipped to the training targets' range: a feature nearly constant in training (a pixel that
+    changed once) is scaled up by standardising, and a held-out frame where it changes would
+    otherwise extrapolate without bound (a reward of 1e21 after ``symexp``)."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     xt = torch.from_numpy((x_train - mean) / std).float()  # float32: the Gram matrix dominates the cost
     xs = torch.from_numpy((x_test - mean) / std).float()
     y0 = float(y_train.mean())
     yt = torch.from_numpy(y_train - y0).float()
     w = torch.linalg.solve(xt.T @ xt + alpha * torch.eye(xt.shape[1]), xt.T @ yt)
-    return (xs @ w).double().numpy() + y0
+    return np.clip((xs @ w).double().numpy() + y0, y_train.min(), y_train.max())
 
 
 def probe_scores(

@@ -162,6 +162,15 @@ def test_task_gives_no_action_to_clips_without_actions():
     assert task.clip_flops(6) > task.clip_flops(3) > 0
 
 
+def test_memory_plan_measures_the_jepa_on_meta():
+    from runtime.memory import probe_activations
+    from runtime.train import TrainerConfig
+
+    task = JEPATask(tiny(), SimpleNamespace(data=LoaderConfig(shards="unused")))
+    small, big = (probe_activations(task, TrainerConfig(), b) for b in (2, 8))
+    assert 0 < small.peak < big.peak and big.grads > 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # Probes
 
