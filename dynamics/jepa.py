@@ -25,10 +25,14 @@ frame to one constant: the loss is then 0. The guards, each configurable:
   and ``covariance_weight`` times the summed squared off-diagonal covariances over ``D``. They keep
   every dimension in use and the dimensions decorrelated, whatever the target does.
 
-With ``variance_weight = covariance_weight = 0``, ``target: online`` and ``stop_gradient: false``
-the embeddings collapse within a few hundred steps (``tests/dynamics/test_jepa.py`` checks both
-ways). The EMA update runs inside ``forward`` (only in training mode with gradients on): under
-gradient accumulation the target so moves once per micro-batch, not once per optimiser step, and
+On the dot world (``tests/dynamics/test_jepa.py``, 200 steps, held-out frames) the per-dimension std
+of the embeddings ends near 1.0 with the defaults; ~0.01 (collapsed) with ``variance_weight: 0``,
+``target: online`` and ``stop_gradient: false`` (the covariance term alone does not help: a constant
+has no covariance); 0.3-0.4 with stop-gradient alone; 1.2-1.4 with the variance term alone; 2-2.7
+with the EMA target alone.
+
+The EMA update runs inside ``forward`` (only in training mode with gradients on): under gradient
+accumulation the target so moves once per micro-batch, not once per optimiser step, and
 ``task: jepa`` refuses ZeRO-3, whose partitioned parameters a forward cannot average.
 
 ``embed`` gives the online encoder's per-frame embeddings ``[B, T, D]``: what the held-out probes

@@ -72,12 +72,20 @@ def test_guarded_jepa_keeps_every_embedding_dimension_spread(guarded):
     assert float(std.min()) > 0.5, std  # the variance hinge asks for 1.0
 
 
-def test_no_ema_no_stop_gradient_no_variance_guard_collapses(guarded):
-    bad = train_on_dot_world(
-        tiny(target="online", stop_gradient=False, variance_weight=0.0, covariance_weight=0.0)
-    )
+def test_variance_guard_off_without_ema_collapses(guarded):
+    # The covariance term stays on: a constant embedding has no covariance, so it does not help.
+    bad = train_on_dot_world(tiny(target="online", stop_gradient=False, variance_weight=0.0))
     std, good = heldout_std(bad), heldout_std(guarded)
+    # Measured over seeds 0-2: mean std 0.007-0.011 against ~1.0 guarded.
     assert float(std.mean()) < 0.1 and float(std.mean()) < 0.1 * float(good.mean()), (std, good)
+
+
+def test_stop_gradient_alone_keeps_less_spread_than_the_guards(guarded):
+    weak = train_on_dot_world(tiny(target="online", variance_weight=0.0, covariance_weight=0.0))
+    std, good = heldout_std(weak), heldout_std(guarded)
+    # Measured over seeds 0-2: mean std 0.31-0.41 (min 0.09-0.14) against ~1.0 (min ~0.94) guarded.
+    assert float(std.mean()) < 0.6 * float(good.mean()), (std, good)
+    assert float(std.min()) < 0.5 * float(good.min()), (std, good)
 
 
 def test_ema_target_moves_towards_the_online_encoder_and_gets_no_gradient():
