@@ -267,3 +267,27 @@ def test_vidworld_train_runs_the_jepa_yaml_and_its_run_loads_and_probes(tmp_path
         scores = report["representations"][name]
         assert scores["action_n_test"] == 4 * (FRAMES - 1)
         assert math.isfinite(scores["action_balanced_accuracy"]) and math.isfinite(scores["reward_mse"])
+
+
+@pytest.mark.integration
+def test_a_resumed_jepa_run_ends_where_a_straight_one_does_target_encoder_included(tmp_path):
+    from safetensors.torch import load_file
+
+    shards = tmp_path / "latents"
+    write_dot_shards(shards)
+    common = [
+        f"data.shards={shards}", "model.latent_channels=1", f"model.latent_height={SIZE}",
+        f"model.latent_width={SIZE}", f"model.max_frames={FRAMES}", "model.num_actions=4", "model.channels=8",
+        "model.groups=4", "model.depth=1", "model.embed_dim=16", "model.predictor_hidden=32",
+        "trainer.micro_batch_size=4", "trainer.save_every=2", "trainer.log_every=1", "trainer.warmup_steps=0",
+        "trainer.min_lr_ratio=1.0", "wandb.mode=disabled",
+    ]  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    vidworld_train("jepa.yaml", [f"run_dir={straight}", "trainer.max_steps=6", *common])
+    vidworld_train("jepa.yaml", [f"run_dir={resumed}", "trainer.max_steps=4", *common])
+    # Another seed: a run that started afresh instead of resuming would not end where the straight one does.
+    vidworld_train("jepa.yaml", [f"run_dir={resumed}", "trainer.max_steps=6", "trainer.seed=1", *common])
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("target_encoder.") for k in a)
+    for k in a:  # the EMA target too: it is restored, not re-copied from the online encoder
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
