@@ -23,6 +23,7 @@ TASKS: dict[str, str] = {
     "tokenizer": "tokenizer.task:TokenizerTask",
     "dynamics": "dynamics.task:DynamicsTask",
     "lam": "dynamics.lam_task:LAMTask",
+    "jepa": "dynamics.jepa_task:JEPATask",
     "reference": "runtime.reference_task:ReferenceTask",
 }
 
