@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dynamics.evaluate import EvaluateConfig
+from dynamics.plan import PlanConfig
 from dynamics.play import PlayConfig
 from dynamics.rollout import RolloutConfig
 from pipeline.curate import CurateConfig
@@ -21,7 +22,7 @@ from tokenizer.tokenize import TokenizeConfig
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 CHAINS = {"demo.yaml", "worldmodel.yaml", "pretrain.yaml"}
 SCHEMAS = {"curate.yaml": CurateConfig, "tokenize.yaml": TokenizeConfig, "evaluate.yaml": EvaluateConfig,
-           "rollout.yaml": RolloutConfig, "play.yaml": PlayConfig}  # fmt: skip
+           "rollout.yaml": RolloutConfig, "play.yaml": PlayConfig, "plan.yaml": PlanConfig}  # fmt: skip
 REQUIRED = [
     "input=x",
     "output=y",
