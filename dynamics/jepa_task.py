@@ -70,32 +70,14 @@ class JEPATask(LatentShardTask):
     def prepare(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
         """A loader batch -> ``{"x": latents [B, C, T, h, w] float (times latent_scale), "actions":
         [B, T, tau] long or None, "keys", "short_clips"}``."""
-        cfg = self.cfg
-        x = batch.get("latents")
-        keys = list(batch.get("key") or [])
-        if not isinstance(x, Tensor):
-            what = (
-                "FSQ indices (KEY.indices.npy)" if isinstance(batch.get("indices"), Tensor) else "no latents"
-            )
-            raise ValueError(
-                f"the JEPA needs continuous latents (KEY.latents.npy) but clips "
-                f"{keys[:4] or '(keys unknown)'} carry {what}; tokenize with a continuous tokenizer "
-                "(head: diffusion) and point data.shards at its latent shards"
-            )
-        t = x.shape[1]
-        if t < 2:
-            raise ValueError(
-                f"clips {keys[:4] or '(keys unknown)'} have {t} latent frame(s); the JEPA predicts the "
-                "next frame and needs >= 2: tokenize longer clips"
-            )
-        actions = self._actions(batch, t)
-        start, end = self.window(t, cfg.max_frames, generator)
-        x = (x[:, start:end].float() * cfg.latent_scale).permute(0, 2, 1, 3, 4)
+        x, keys = self.transitions(batch, "JEPA", "predicts the next frame")
+        actions = self._actions(batch, x.shape[1])
+        x, start, end, short = self.window_latents(x, generator)
         return {
             "x": x,
             "actions": None if actions is None else actions[:, start:end],
             "keys": keys,
-            "short_clips": x.shape[0] if t < cfg.max_frames else 0,
+            "short_clips": short,
         }
 
     def example_batch(self, batch_size: int) -> dict[str, Any]:

@@ -121,6 +121,38 @@ class LatentShardTask:
     def loader_state(self) -> dict:
         return self._loader.state_dict() if self._loader is not None else {}
 
+    def transitions(self, batch: dict[str, Any], model: str, why: str) -> tuple[Tensor, list[str]]:
+        """The continuous latents ``[B, T, C, h, w]`` of a batch of clips that ``model`` (named in the
+        messages) learns from transitions of, and the clips' keys. Refuses FSQ indices, no latents,
+        and clips of fewer than 2 latent frames (``why`` says what the model does with them)."""
+        x = batch.get("latents")
+        keys = _keys(batch)
+        if not isinstance(x, Tensor):
+            what = (
+                "FSQ indices (KEY.indices.npy)" if isinstance(batch.get("indices"), Tensor) else "no latents"
+            )
+            raise ValueError(
+                f"the {model} needs continuous latents (KEY.latents.npy) but clips "
+                f"{keys[:4] or '(keys unknown)'} carry {what}; tokenize with a continuous tokenizer "
+                "(head: diffusion) and point data.shards at its latent shards"
+            )
+        t = x.shape[1]
+        if t < 2:
+            raise ValueError(
+                f"clips {keys[:4] or '(keys unknown)'} have {t} latent frame(s); the {model} {why} and "
+                "needs >= 2: tokenize longer clips"
+            )
+        return x, keys
+
+    def window_latents(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, int, int, int]:
+        """A random window of ``max_frames`` of latents ``[B, T, C, h, w]`` as the model reads them
+        (``[B, C, T', h, w]`` float times ``latent_scale``), its ``start`` and ``end``, and how many
+        clips were shorter than the window (``short_clips``)."""
+        cfg, t = self.cfg, x.shape[1]
+        start, end = self.window(t, cfg.max_frames, generator)
+        x = (x[:, start:end].float() * cfg.latent_scale).permute(0, 2, 1, 3, 4)
+        return x, start, end, x.shape[0] if t < cfg.max_frames else 0
+
     @staticmethod
     def window(frames: int, max_frames: int, generator: torch.Generator | None) -> tuple[int, int]:
         """``(start, end)`` of a random window of ``max_frames`` of ``frames`` (all when shorter)."""
