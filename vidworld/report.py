@@ -1185,23 +1185,28 @@ def section_raw(rep: Report, h: Headline) -> None:
         "Latent actions: codes against the true actions (lam/eval/metrics.json)", lambda: _lam_metrics(rep)
     )
 
-    def latent_rollouts() -> None:
-        path = rep.layout.eval / LATENT_CSV
-        if path.is_file():
-            rep.add(rows_table(read_csv_rows(path), LATENT_COLUMNS))
-        else:
-            rep.add('<p class="na">Not measured: the dynamics model has no latent action model.</p>')
+    def eval_table(name: str, columns: tuple[str, ...], why_missing: str) -> Callable[[], None]:
+        """The fold's body: ``eval/NAME`` as a table, or "Not measured" and why."""
 
-    rep.fold("Rollouts under latent actions per horizon, dB (eval/latent_actions.csv)", latent_rollouts)
+        def body() -> None:
+            path = rep.layout.eval / name
+            if path.is_file():
+                rep.add(rows_table(read_csv_rows(path), columns))
+            else:
+                rep.add(f'<p class="na">Not measured: {why_missing}.</p>')
 
-    def disagreement() -> None:
-        path = rep.layout.eval / DISAGREEMENT_CSV
-        if path.is_file():
-            rep.add(rows_table(read_csv_rows(path), DISAGREEMENT_COLUMNS))
-        else:
-            rep.add('<p class="na">Not measured: the dynamics model has one head (model.ensemble=1).</p>')
+        return body
 
-    rep.fold("Ensemble disagreement per horizon (eval/disagreement.csv)", disagreement)
+    rep.fold(
+        "Rollouts under latent actions per horizon, dB (eval/latent_actions.csv)",
+        eval_table(LATENT_CSV, LATENT_COLUMNS, "the dynamics model has no latent action model"),
+    )
+    rep.fold(
+        "Ensemble disagreement per horizon (eval/disagreement.csv)",
+        eval_table(
+            DISAGREEMENT_CSV, DISAGREEMENT_COLUMNS, "the dynamics model has one head (model.ensemble=1)"
+        ),
+    )
     rep.fold("Tokenizer reconstruction (tokenizer/eval/metrics.json)", lambda: _tokenizer_metrics(rep))
     rep.fold(
         "Tokenizer training (tokenizer/: loss, last step, config)",
